@@ -1,0 +1,5 @@
+import sys
+
+from anomgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,333 @@
+"""The sample contract shared by every anomgen transform.
+
+A transform is split in two halves, as in kornia's augmentation classes:
+
+* ``sample_params(image, generator)`` draws every random choice from an explicit
+  ``torch.Generator`` and returns them as plain, JSON-able values (ints, floats,
+  lists, strings). Large random fields (noise) are stored as integer seeds.
+* ``apply(image, params)`` is deterministic: the same image and parameters always
+  give the same output, so parameters can be logged and replayed.
+
+Each sample of a batch is seeded on its own (``seeds=[...]``), so a sample's
+parameters never depend on which batch it lands in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "AnomalyTransform",
+    "Synthesis",
+    "check_range",
+    "derive_seed",
+    "from_dict",
+    "make_generator",
+    "random_int",
+    "random_uniform",
+    "register",
+    "registered_transforms",
+    "to_tensor_image",
+]
+
+_REGISTRY: dict[str, type[AnomalyTransform]] = {}
+# Images whose mean absolute change inside the mask stays below this are not anomalous.
+_MIN_CHANGE = 1e-6
+_MAX_ATTEMPTS = 10
+
+
+def register(cls: type[AnomalyTransform]) -> type[AnomalyTransform]:
+    """Class decorator adding a transform to the registry used by ``from_dict``."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def registered_transforms() -> dict[str, type[AnomalyTransform]]:
+    """Every registered transform class by name (for ``anomgen list``)."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys, e.g. ``(base_seed, epoch, index)``.
+
+    SeedSequence mixes the keys so that neighbouring indices give unrelated streams.
+    """
+    if any(int(k) < 0 for k in keys):
+        raise ValueError(f"seed keys must be non-negative integers, got {keys}")
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator (parameters are tiny; CPU keeps them identical across devices)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+    return generator
+
+
+def random_uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """One float in [low, high)."""
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def random_int(generator: torch.Generator, low: int, high: int) -> int:
+    """One int in [low, high] (both inclusive)."""
+    return int(torch.randint(int(low), int(high) + 1, (), generator=generator))
+
+
+@dataclass
+class Synthesis:
+    """One synthesized sample or batch.
+
+    ``image`` has the type of the input (tensor, numpy HWC uint8 or PIL). ``mask`` is a
+    tensor ``(1,H,W)`` / ``(B,1,H,W)`` for tensor input and a float32 numpy ``(H,W)``
+    array otherwise, values in [0, 1]. ``meta`` is a dict (a list of dicts for a batch)
+    with ``anomalous``, ``strategy`` and ``params``.
+    """
+
+    image: Any
+    mask: Any
+    meta: dict[str, Any] | list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+@dataclass
+class _InputKind:
+    kind: str  # "tensor", "numpy" or "pil"
+    batched: bool
+    dtype: Any = None
+    device: Any = None
+    pil_mode: str | None = None
+    numpy_channels: int | None = None  # None: the input was (H,W)
+
+
+def to_tensor_image(image: Any) -> tuple[torch.Tensor, _InputKind]:
+    """Validate ``image`` and turn it into a float (B,C,H,W) tensor in [0, 1]."""
+    if isinstance(image, Image.Image):
+        if image.mode not in ("L", "RGB"):
+            raise ValueError(f"PIL image mode {image.mode!r} is not supported; use 'L' or 'RGB'")
+        array = np.asarray(image)
+        kind = _InputKind("pil", batched=False, pil_mode=image.mode)
+        return _numpy_to_tensor(array), kind
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 HWC, got dtype {image.dtype}")
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+            raise ValueError(f"numpy images must be (H,W), (H,W,1) or (H,W,3), got {image.shape}")
+        kind = _InputKind(
+            "numpy", batched=False, numpy_channels=None if image.ndim == 2 else image.shape[2]
+        )
+        return _numpy_to_tensor(image), kind
+    if isinstance(image, torch.Tensor):
+        if not image.is_floating_point():
+            raise ValueError(f"tensor images must be float in [0, 1], got dtype {image.dtype}")
+        if image.ndim not in (3, 4) or image.shape[-3] not in (1, 3):
+            raise ValueError(
+                f"tensor images must be (C,H,W) or (B,C,H,W) with C in {{1,3}}, got {tuple(image.shape)}"
+            )
+        if image.shape[-1] < 2 or image.shape[-2] < 2:
+            raise ValueError(f"images must be at least 2x2, got {tuple(image.shape)}")
+        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ValueError("tensor images must hold finite values in [0, 1]")
+        kind = _InputKind("tensor", image.ndim == 4, image.dtype, image.device)
+        batch = image if image.ndim == 4 else image.unsqueeze(0)
+        return batch.float(), kind
+    raise TypeError(f"unsupported image type {type(image).__name__}: use a tensor, numpy or PIL")
+
+
+def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if min(array.shape[:2]) < 2:
+        raise ValueError(f"images must be at least 2x2, got {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _from_tensor(images: torch.Tensor, masks: torch.Tensor, kind: _InputKind) -> tuple[Any, Any]:
+    if kind.kind == "tensor":
+        images, masks = images.to(kind.dtype), masks.to(kind.dtype)
+        return (images, masks) if kind.batched else (images[0], masks[0])
+    array = (images[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    mask = masks[0, 0].float().cpu().numpy()
+    if kind.kind == "pil":
+        return Image.fromarray(array[:, :, 0] if kind.pil_mode == "L" else array), mask
+    if kind.numpy_channels is None:
+        array = array[:, :, 0]
+    return array, mask
+
+
+# ------------------------------------------------------------------------ transform base
+
+
+class AnomalyTransform:
+    """Base of every synthesis transform (subclasses are dataclasses).
+
+    Subclasses implement ``sample_params`` and ``apply`` on float ``(C,H,W)`` tensors.
+    ``preserves_outside`` promises that pixels where the mask is 0 are untouched.
+    """
+
+    preserves_outside: ClassVar[bool] = True
+    # Transforms that never make anomalies (the normal pass-through) set this False.
+    makes_anomalies: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    # -- to override
+    def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(image, mask)``: the changed (C,H,W) image and its (1,H,W) mask."""
+        raise NotImplementedError
+
+    def strategy(self, params: dict[str, Any]) -> str:
+        """The name of the leaf strategy that ``params`` used (composites override)."""
+        return self.name
+
+    def apply_batch(
+        self, images: torch.Tensor, params: Sequence[dict[str, Any]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply per-sample parameters to a (B,C,H,W) batch; vectorised where it pays."""
+        outputs = [self.apply(image, p) for image, p in zip(images, params)]
+        return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
+
+    def expects_anomaly(self, params: dict[str, Any]) -> bool:
+        """Whether ``params`` should give an anomaly (False for the normal pass-through)."""
+        return self.makes_anomalies
+
+    # -- public API
+    def __call__(
+        self,
+        image: Any,
+        *,
+        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> Synthesis:
+        """Synthesize from ``image``; ``seed`` for one image, ``seeds`` (one per sample) for a batch.
+
+        With a batch and only ``seed``, sample ``i`` uses ``derive_seed(seed, i)``. Masks can
+        come out empty (a Perlin threshold above every noise value, say): such a sample is
+        drawn again from its own generator, up to ``_MAX_ATTEMPTS`` times, so retries stay
+        deterministic and never depend on the rest of the batch.
+        """
+        batch, kind = to_tensor_image(image)
+        seeds = self._resolve_seeds(batch.shape[0], seed, seeds)
+        generators = [make_generator(s) for s in seeds]
+        params = [self.sample_params(img, g) for img, g in zip(batch, generators)]
+        images, masks = self.apply_batch(batch, params)
+        for _ in range(_MAX_ATTEMPTS - 1):
+            retry = [
+                i
+                for i, p in enumerate(params)
+                if self.expects_anomaly(p) and not _is_anomalous(batch[i], images[i], masks[i])
+            ]
+            if not retry:
+                break
+            for i in retry:
+                params[i] = self.sample_params(batch[i], generators[i])
+            images[retry], masks[retry] = self.apply_batch(batch[retry], [params[i] for i in retry])
+        return self._finish(batch, images, masks, params, kind)
+
+    def replay(self, image: Any, params: dict[str, Any] | Sequence[dict[str, Any]]) -> Synthesis:
+        """Apply logged parameters again (``meta["params"]`` of an earlier call)."""
+        batch, kind = to_tensor_image(image)
+        plist = [params] if isinstance(params, dict) else list(params)
+        if len(plist) != batch.shape[0]:
+            raise ValueError(f"got {len(plist)} parameter sets for a batch of {batch.shape[0]}")
+        images, masks = self.apply_batch(batch, plist)
+        return self._finish(batch, images, masks, plist, kind)
+
+    def _finish(
+        self,
+        batch: torch.Tensor,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        params: list[dict[str, Any]],
+        kind: _InputKind,
+    ) -> Synthesis:
+        metas = []
+        for i, p in enumerate(params):
+            anomalous = _is_anomalous(batch[i], images[i], masks[i])
+            if not anomalous:
+                masks[i].zero_()
+            metas.append({"anomalous": anomalous, "strategy": self.strategy(p), "params": p})
+        out_image, out_mask = _from_tensor(images.clamp_(0, 1), masks, kind)
+        return Synthesis(out_image, out_mask, metas if kind.batched else metas[0])
+
+    @staticmethod
+    def _resolve_seeds(n: int, seed: int | None, seeds: Sequence[int] | None) -> list[int]:
+        if seeds is not None:
+            if seed is not None:
+                raise ValueError("pass either seed or seeds, not both")
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
+            return [int(s) for s in seeds]
+        base = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        return [base] if n == 1 else [derive_seed(base, i) for i in range(n)]
+
+    # -- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML-able) that ``from_dict`` turns back into this transform."""
+        config: dict[str, Any] = {"type": self.name}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.init:
+                config[f.name] = _plain(getattr(self, f.name))
+        return config
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, AnomalyTransform):
+        return value.to_dict()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_anomalous(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> bool:
+    inside = mask > 0
+    if not bool(inside.any()):
+        return False
+    change = (after - before).abs().amax(dim=0, keepdim=True)
+    return bool(change[inside].max() > _MIN_CHANGE)
+
+
+def from_dict(config: dict[str, Any]) -> AnomalyTransform:
+    """Build a transform (tree) from ``to_dict`` output."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a transform config needs a 'type' key, got {config!r}")
+    name = config["type"]
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = set(config) - names - {"type"}
+    if unknown:
+        raise ValueError(f"{name} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
+
+
+def check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    """Validate a ``(min, max)`` parameter range inside [low, high]."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from None
+    if not (low <= lo <= hi <= high):
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+    return lo, hi
+
+

@@ -1,0 +1,83 @@
+"""A torch Dataset of synthesized samples over a folder or list of normal images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from anomgen.core import AnomalyTransform, derive_seed
+from anomgen.io import list_images, read_image, resize
+
+__all__ = ["SynthesisDataset"]
+
+
+class SynthesisDataset(Dataset):
+    """Normal images turned into training samples by ``transform``.
+
+    Item ``i`` of epoch ``e`` is synthesized with ``derive_seed(seed, e, i)``: it is the
+    same whatever the number of DataLoader workers or the batch it lands in, and needs no
+    worker seeding. Call ``set_epoch`` between epochs for fresh samples.
+
+    Items are dicts: ``image`` (C,H,W), ``mask`` (1,H,W), ``label`` (0-dim float),
+    ``strategy`` (str) and ``index``.
+    """
+
+    def __init__(
+        self,
+        images: str | Path | Sequence[str | Path] | Sequence[torch.Tensor],
+        transform: AnomalyTransform,
+        size: int | tuple[int, int] | None = None,
+        channels: int | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ):
+        if isinstance(images, str | Path):
+            images = list_images(images)
+        self.sources = list(images)
+        if not self.sources:
+            raise ValueError("SynthesisDataset needs at least one normal image")
+        if not isinstance(transform, AnomalyTransform):
+            raise ValueError(f"transform must be an anomgen transform, got {type(transform).__name__}")
+        self.transform = transform
+        self.size = (size, size) if isinstance(size, int) else size
+        self.channels = channels
+        self.seed = int(seed)
+        self.epoch = 0
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The normal image ``index`` as a (C,H,W) float tensor, resized."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        source = self.sources[index]
+        image = source if isinstance(source, torch.Tensor) else read_image(source, self.channels)
+        if self.size is not None:
+            image = resize(image, self.size)
+        if self._cache is not None:
+            self._cache[index] = image
+        return image
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``index``, or ``(index, epoch)`` from a sampler that tracks epochs itself
+        (the epoch then travels with the request, so DataLoader workers need no state)."""
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        result = self.transform(self.load(index), seed=derive_seed(self.seed, epoch, index))
+        return {
+            "image": result.image,
+            "mask": result.mask,
+            "label": torch.tensor(float(result.meta["anomalous"])),
+            "strategy": result.meta["strategy"],
+            "index": index,
+        }

@@ -1,0 +1,233 @@
+"""Reading images and masks, and the pools that strategies draw from.
+
+Pools decode their images once and keep them in memory as float tensors, so the
+per-sample cost of synthesis is pure tensor work (the texture pool also caches each
+texture resized to the size last asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["IMAGE_SUFFIXES", "AnomalyPool", "TexturePool", "list_images", "read_image", "read_mask"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# MTD and MVTec masks are anti-aliased 8-bit images: a pixel is defective from 128 up.
+MASK_THRESHOLD = 128
+
+
+def list_images(directory: str | Path, exclude_suffix: str | None = None) -> list[Path]:
+    """Image files in ``directory`` (not recursive), sorted; errors when there are none.
+
+    A ``.png`` sharing its name with another image beside it is that image's mask (the
+    raw MTD layout keeps ``name.jpg`` and its mask ``name.png`` together) and is skipped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image folder {str(directory)!r} does not exist")
+    candidates = [
+        p
+        for p in directory.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not (exclude_suffix and p.stem.endswith(exclude_suffix))
+    ]
+    non_png_stems = {p.stem for p in candidates if p.suffix.lower() != ".png"}
+    files = sorted(
+        p for p in candidates if not (p.suffix.lower() == ".png" and p.stem in non_png_stems)
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(directory)!r}"
+        )
+    return files
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {str(path)!r}: {error}") from None
+
+
+def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """A float (C,H,W) tensor in [0, 1]; ``channels`` 1 or 3 forces grayscale or RGB.
+
+    With ``channels=None`` grayscale files stay 1-channel and everything else becomes RGB.
+    """
+    path = Path(path)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    image = _open(path)
+    if channels is None:
+        channels = 1 if image.mode in ("L", "I;16", "I", "1") else 3
+    image = image.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def read_mask(path: str | Path) -> torch.Tensor:
+    """A binary float (1,H,W) mask: pixels >= 128 of the grayscale file are defective."""
+    array = np.asarray(_open(Path(path)).convert("L"))
+    return torch.from_numpy(array >= MASK_THRESHOLD).float()[None]
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], nearest: bool = False) -> torch.Tensor:
+    """Resize (C,H,W) to ``size`` = (H, W); masks use nearest so they stay binary."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    mode = "nearest" if nearest else "bilinear"
+    kwargs: dict[str, Any] = {} if nearest else {"align_corners": False, "antialias": True}
+    return F.interpolate(image[None], size=size, mode=mode, **kwargs)[0]
+
+
+def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    if image.shape[0] == channels:
+        return image
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=image.device).view(3, 1, 1)
+        return (image * weights).sum(0, keepdim=True)
+    return image.expand(3, -1, -1)
+
+
+class TexturePool:
+    """Anomaly-source textures (DTD in DRAEM), decoded once and kept in memory.
+
+    ``source`` is a folder (searched recursively, as DTD keeps one folder per class) or
+    a list of (C,H,W) float tensors.
+    """
+
+    def __init__(self, source: str | Path | Sequence[torch.Tensor]):
+        if isinstance(source, str | Path):
+            root = Path(source)
+            if not root.is_dir():
+                raise FileNotFoundError(f"texture folder {str(root)!r} does not exist")
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"no texture images in {str(root)!r}")
+            self.root: str | None = str(root)
+            self.textures = [read_image(f, channels=3) for f in files]
+        else:
+            self.root = None
+            self.textures = [_checked_tensor(t, f"texture {i}") for i, t in enumerate(source)]
+            if not self.textures:
+                raise ValueError("a texture pool needs at least one texture")
+        self._resized: dict[tuple[int, int, int, str], list[torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.textures)
+
+    def get(
+        self, index: int, size: tuple[int, int], channels: int, device: torch.device
+    ) -> torch.Tensor:
+        """Texture ``index`` resized to ``size`` with ``channels``, cached per size and device."""
+        key = (size[0], size[1], channels, str(device))
+        if key not in self._resized:
+            if len(self._resized) >= 4:  # a handful of sizes at most; drop the oldest
+                self._resized.pop(next(iter(self._resized)))
+            self._resized[key] = [
+                _match_channels(resize(t, size), channels).to(device).contiguous()
+                for t in self.textures
+            ]
+        return self._resized[key][index]
+
+    def to_dict(self) -> str:
+        if self.root is None:
+            raise ValueError("an in-memory texture pool cannot be serialised; build it from a folder")
+        return self.root
+
+
+class AnomalyPool:
+    """Real anomalous images with their masks, for seen-anomaly extension.
+
+    Built from a folder with a same-named ``.png`` mask beside each image (MTD layout),
+    a separate ``masks`` folder holding ``<name>_mask.png`` or ``<name>.png`` (MVTec),
+    two lists of file paths (image i with mask i: a few-shot draw across folders), or
+    lists of tensors. Empty masks are rejected: they would paste nothing.
+    """
+
+    def __init__(
+        self,
+        images: str | Path | Sequence[str | Path] | Sequence[torch.Tensor],
+        masks: str | Path | Sequence[str | Path] | Sequence[torch.Tensor] | None = None,
+    ):
+        self.source: dict[str, Any] | None = None
+        if isinstance(images, str | Path):
+            self.source = {"images": str(images), "masks": None if masks is None else str(masks)}
+            pairs = _find_anomaly_files(Path(images), None if masks is None else Path(masks))
+        elif images and all(isinstance(i, str | Path) for i in images):
+            if masks is None or isinstance(masks, str | Path) or len(masks) != len(images):
+                raise ValueError("a list of anomaly image files needs a list of as many masks")
+            pairs = [(Path(i), Path(m)) for i, m in zip(images, masks)]
+            self.source = {"images": [str(p) for p, _ in pairs], "masks": [str(m) for _, m in pairs]}
+        else:
+            pairs = None
+        if pairs is not None:
+            self.names = [p.name for p, _ in pairs]
+            self.images = [read_image(p) for p, _ in pairs]
+            self.masks = [read_mask(m) for _, m in pairs]
+        else:
+            if masks is None or isinstance(masks, str | Path) or len(masks) != len(images):
+                raise ValueError("in-memory anomaly pools need one mask tensor per image")
+            self.names = [f"anomaly_{i}" for i in range(len(images))]
+            self.images = [_checked_tensor(t, f"anomaly image {i}") for i, t in enumerate(images)]
+            self.masks = [(m > 0.5).float() for m in masks]
+        if not self.images:
+            raise ValueError("an anomaly pool needs at least one anomalous image")
+        for name, image, mask in zip(self.names, self.images, self.masks):
+            if mask.ndim != 3 or mask.shape[0] != 1 or mask.shape[1:] != image.shape[1:]:
+                raise ValueError(
+                    f"mask of {name!r} has shape {tuple(mask.shape)}, image {tuple(image.shape)}"
+                )
+            if not bool(mask.any()):
+                raise ValueError(f"mask of {name!r} is empty: it marks no defect to paste")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"images": ..., "masks": ...}``: the arguments that rebuild this pool."""
+        if self.source is None:
+            raise ValueError("an in-memory anomaly pool cannot be serialised; build it from files")
+        return dict(self.source)
+
+
+def _checked_tensor(tensor: Any, what: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"{what} must be a (C,H,W) tensor with C in {{1,3}}, got {shape}")
+    if not tensor.is_floating_point() or tensor.min() < 0 or tensor.max() > 1:
+        raise ValueError(f"{what} must be float in [0, 1]")
+    return tensor.float()
+
+
+def _find_anomaly_files(images: Path, masks: Path | None) -> list[tuple[Path, Path]]:
+    """Pair each anomalous image with its mask, failing on the first image without one."""
+    files = list_images(images, exclude_suffix="_mask")
+    pairs = []
+    for file in files:
+        if masks is None:
+            candidates = [file.with_suffix(".png"), file.with_name(f"{file.stem}_mask.png")]
+        else:
+            candidates = [masks / f"{file.stem}_mask.png", masks / f"{file.stem}.png"]
+        mask = next((c for c in candidates if c.is_file()), None)
+        if mask is None:
+            raise FileNotFoundError(
+                f"no mask for anomalous image {str(file)!r}; looked for "
+                + ", ".join(str(c) for c in candidates)
+            )
+        pairs.append((file, mask))
+    if not pairs:
+        raise FileNotFoundError(f"no anomalous images with masks in {str(images)!r}")
+    return pairs

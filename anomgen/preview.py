@@ -1,0 +1,95 @@
+"""Render a grid of synthesized samples: source, result, and mask outline on the result."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from anomgen.core import AnomalyTransform, derive_seed
+from anomgen.io import read_image, resize
+
+__all__ = ["render_preview", "save_png_atomic"]
+
+CAPTION_HEIGHT = 18
+GAP = 4
+OUTLINE_RGB = (255, 40, 40)
+
+
+def _to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+def _outlined(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
+    """The image with the mask's boundary drawn in red (2 px)."""
+    binary = (mask[0].cpu().numpy() > 0.5).astype(np.uint8)
+    edge = cv2.morphologyEx(binary, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    out = image.copy()
+    out[edge] = OUTLINE_RGB
+    return out
+
+
+def render_preview(
+    image_paths: Sequence[Path],
+    transform: AnomalyTransform,
+    n: int = 16,
+    size: int = 256,
+    seed: int = 0,
+    columns: int = 4,
+) -> Image.Image:
+    """A grid of ``n`` samples; each cell shows source | synthesized | mask outline + caption.
+
+    Images are drawn from ``image_paths`` in a seeded order (cycling when fewer than ``n``).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 px, got {size}")
+    order = torch.randperm(len(image_paths), generator=torch.Generator().manual_seed(seed))
+    cell_w, cell_h = 3 * size + 2 * GAP, size + CAPTION_HEIGHT
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    canvas = Image.new("RGB", (columns * (cell_w + 3 * GAP), rows * (cell_h + GAP)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k in range(n):
+        path = image_paths[int(order[k % len(image_paths)])]
+        source = resize(read_image(path), (size, size))
+        result = transform(source, seed=derive_seed(seed, k))
+        tiles = [
+            _to_rgb_uint8(source),
+            _to_rgb_uint8(result.image),
+            _outlined(_to_rgb_uint8(result.image), result.mask),
+        ]
+        x0 = (k % columns) * (cell_w + 3 * GAP)
+        y0 = (k // columns) * (cell_h + GAP)
+        for t, tile in enumerate(tiles):
+            canvas.paste(Image.fromarray(tile), (x0 + t * (size + GAP), y0))
+        label = "anomalous" if result.meta["anomalous"] else "normal"
+        caption = f"{result.meta['strategy']} ({label}) - {path.name}"
+        draw.text((x0 + 2, y0 + size + 3), caption[: 3 * size // 6], fill="black")
+    return canvas
+
+
+def save_png_atomic(image: Image.Image, out: str | Path) -> Path:
+    """Write the PNG through a temporary file and rename, so no half-written file remains."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"output must be a .png file, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    handle, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=out.parent)
+    os.close(handle)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

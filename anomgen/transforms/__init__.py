@@ -1,0 +1,23 @@
+"""Every anomgen synthesis strategy, one module each."""
+
+from anomgen.transforms.compose import Compose, Normal, OneOf, RandomApply, SomeOf
+from anomgen.transforms.corruption import LocalCorruption
+from anomgen.transforms.cutpaste import CutPaste, CutPasteScar
+from anomgen.transforms.perlin import PerlinMaskGenerator, PerlinTexturePaste
+from anomgen.transforms.poisson import PoissonPatch
+from anomgen.transforms.seen import SeenAnomalyPaste
+
+__all__ = [
+    "Compose",
+    "CutPaste",
+    "CutPasteScar",
+    "LocalCorruption",
+    "Normal",
+    "OneOf",
+    "PerlinMaskGenerator",
+    "PerlinTexturePaste",
+    "PoissonPatch",
+    "RandomApply",
+    "SeenAnomalyPaste",
+    "SomeOf",
+]

@@ -1,0 +1,481 @@
+"""Dataset readers, image/mask loading and the few-shot anomaly protocol.
+
+Readers return plain :class:`Record` lists so that the split logic, which decides which real
+anomalies a run may train on, stays independent of any torch ``Dataset`` wrapper. Layout errors
+(missing folders, empty folders, anomalies without masks) are raised when reading, not halfway
+through training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+NORMAL_TYPE = "good"
+# MTD masks are anti-aliased JPEG-era drawings; 128 keeps the annotated core and drops the halo.
+MASK_THRESHOLD = 128
+DEFAULT_NORMAL_TRAIN_FRACTION = 0.75
+_SPLITS = (None, "train", "test")
+
+Size = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image with its label; ``split`` is set only when the dataset defines train/test."""
+
+    image: Path
+    mask: Path | None
+    label: int
+    defect_type: str
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image", Path(self.image))
+        if self.mask is not None:
+            object.__setattr__(self, "mask", Path(self.mask))
+        if self.label not in (0, 1) or isinstance(self.label, bool):
+            raise ValueError(f"label must be 0 or 1, got {self.label!r} for {self.image}")
+        if (self.label == 0) != (self.defect_type == NORMAL_TYPE):
+            raise ValueError(
+                f"defect_type {self.defect_type!r} does not match label {self.label} for "
+                f"{self.image}: normal images use {NORMAL_TYPE!r}, anomalies any other name"
+            )
+        if self.split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {self.split!r}")
+
+
+@dataclass
+class Split:
+    """Train normals, test set and the real anomalies drawn for few-shot training."""
+
+    train_normal: list[Record]
+    test: list[Record]
+    few_shot: list[Record]
+    seed: int | None = None
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def manifest(self, root: str | Path | None = None) -> dict[str, object]:
+        """Files of each part relative to ``root`` (default: their common folder).
+
+        Stored next to a run so that it records exactly which real anomalies it trained on.
+        """
+        records = [*self.train_normal, *self.test, *self.few_shot]
+        if root is None:
+            files = [r.image for r in records] + [r.mask for r in records if r.mask]
+            root = os.path.commonpath([str(f.parent) for f in files]) if files else "."
+        base = Path(root)
+
+        def entry(record: Record) -> dict[str, object]:
+            return {
+                "image": _relative(record.image, base),
+                "mask": None if record.mask is None else _relative(record.mask, base),
+                "label": record.label,
+                "defect_type": record.defect_type,
+            }
+
+        return {
+            "root": str(base),
+            "seed": self.seed,
+            "counts": {
+                "train_normal": len(self.train_normal),
+                "test_normal": sum(r.label == 0 for r in self.test),
+                "test_anomalous": sum(r.label == 1 for r in self.test),
+                "few_shot": len(self.few_shot),
+            },
+            **self.notes,
+            "train_normal": [entry(r) for r in self.train_normal],
+            "test": [entry(r) for r in self.test],
+            "few_shot": [entry(r) for r in self.few_shot],
+        }
+
+    def to_json(self, root: str | Path | None = None, indent: int = 2) -> str:
+        return json.dumps(self.manifest(root), indent=indent)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        raise ValueError(f"{path} is not inside the manifest root {base}") from None
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def _list_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name so every run sees the same order."""
+    allowed = frozenset(extensions)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in allowed),
+        key=lambda p: p.name,
+    )
+
+
+def _require_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    images = _list_images(_require_dir(folder, "image folder"), extensions)
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(extensions))}) in {folder}")
+    return images
+
+
+def _find_mask(image: Path, mask_dir: Path) -> Path:
+    for candidate in (mask_dir / f"{image.stem}.png", mask_dir / f"{image.stem}_mask.png"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"mask missing for anomalous image {image}: expected {mask_dir / image.stem}.png "
+        f"or {mask_dir / image.stem}_mask.png"
+    )
+
+
+def read_mvtec(root: str | Path, category: str) -> list[Record]:
+    """Read one MVTec AD category: ``train/good``, ``test/<defect>``, ``ground_truth/<defect>``."""
+    root = _require_dir(Path(root), "dataset root")
+    category_dir = root / category
+    if not category_dir.is_dir():
+        available = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"category {category!r} not found in {root}; available: {', '.join(available) or '-'}"
+        )
+    records = [
+        Record(path, None, 0, NORMAL_TYPE, "train")
+        for path in _require_images(category_dir / "train" / NORMAL_TYPE)
+    ]
+    test_dir = _require_dir(category_dir / "test", "test folder")
+    defect_dirs = sorted((p for p in test_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if not defect_dirs:
+        raise FileNotFoundError(f"no defect folders in {test_dir}")
+    for defect_dir in defect_dirs:
+        defect = defect_dir.name
+        for path in _require_images(defect_dir):
+            if defect == NORMAL_TYPE:
+                records.append(Record(path, None, 0, NORMAL_TYPE, "test"))
+                continue
+            mask = category_dir / "ground_truth" / defect / f"{path.stem}_mask.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"mask missing for anomalous image {path}: expected {mask}")
+            records.append(Record(path, mask, 1, defect, "test"))
+    return records
+
+
+def read_mtd(root: str | Path) -> list[Record]:
+    """Read the raw Magnetic Tile Defect layout ``MT_<Class>/Imgs/<name>.jpg`` + ``<name>.png``.
+
+    ``MT_Free`` holds the normal tiles (their masks are empty and not used); every other
+    ``MT_<Class>`` folder is a defect type named ``<Class>``.
+    """
+    root = _require_dir(Path(root), "MTD root")
+    class_dirs = sorted((p for p in root.glob("MT_*") if p.is_dir()), key=lambda p: p.name)
+    if not any(p.name == "MT_Free" for p in class_dirs):
+        raise FileNotFoundError(f"MT_Free (the normal tiles) not found in {root}")
+    if len(class_dirs) < 2:
+        raise FileNotFoundError(f"no defect folders MT_<Class> besides MT_Free in {root}")
+    # The .png files beside the images are the masks, so they never count as images here.
+    image_extensions = IMAGE_EXTENSIONS - {".png"}
+    records = []
+    for class_dir in class_dirs:
+        images = _require_images(class_dir / "Imgs", image_extensions)
+        if class_dir.name == "MT_Free":
+            records += [Record(path, None, 0, NORMAL_TYPE) for path in images]
+            continue
+        defect = class_dir.name.removeprefix("MT_")
+        for path in images:
+            mask = path.with_suffix(".png")
+            if not mask.is_file():
+                raise FileNotFoundError(f"mask missing for anomalous image {path}: expected {mask}")
+            records.append(Record(path, mask, 1, defect))
+    return records
+
+
+def read_folder(
+    normal_dir: str | Path,
+    anomaly_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+) -> list[Record]:
+    """Read a generic layout: normal images in one folder, anomalies in another.
+
+    Anomalies directly in ``anomaly_dir`` take the folder's name as defect type; images in its
+    sub-folders take the sub-folder's name. Masks are matched by stem (``<name>.png`` or
+    ``<name>_mask.png``) in ``mask_dir`` (or ``mask_dir/<sub-folder>``); without ``mask_dir``
+    anomalies carry no mask, so they can be tested on but not drawn as few-shot examples.
+    """
+    records = [Record(path, None, 0, NORMAL_TYPE) for path in _require_images(Path(normal_dir))]
+    if anomaly_dir is None:
+        if mask_dir is not None:
+            raise ValueError(f"mask_dir {mask_dir} given without anomaly_dir")
+        return records
+    anomaly_dir = _require_dir(Path(anomaly_dir), "anomaly folder")
+    if mask_dir is not None:
+        mask_dir = _require_dir(Path(mask_dir), "mask folder")
+        if mask_dir.resolve() == anomaly_dir.resolve():
+            raise ValueError(f"mask_dir must differ from anomaly_dir ({anomaly_dir})")
+    groups = [(anomaly_dir.name, anomaly_dir, mask_dir)]
+    for sub in sorted((p for p in anomaly_dir.iterdir() if p.is_dir()), key=lambda p: p.name):
+        groups.append((sub.name, sub, None if mask_dir is None else mask_dir / sub.name))
+    anomalies = []
+    for defect, folder, masks in groups:
+        for path in _list_images(folder):
+            mask = None if masks is None else _find_mask(path, masks)
+            anomalies.append(Record(path, mask, 1, defect))
+    if not anomalies:
+        raise FileNotFoundError(f"no images in {anomaly_dir} or its sub-folders")
+    return records + anomalies
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_size(size: Size | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return height, width
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    return path
+
+
+def _read_pixels(path: Path, grayscale: bool | None) -> np.ndarray:
+    """Decode to an (H, W, C) uint8 or uint16 array; C is 1 or 3 (alpha dropped)."""
+    path = _require_file(Path(path))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I;16"):
+                pixels = np.asarray(image, dtype=np.uint16)[..., None]
+                return np.repeat(pixels, 3, axis=2) if grayscale is False else pixels
+            if image.mode not in {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"}:
+                raise ValueError(f"unsupported image mode {image.mode!r} in {path}")
+            gray = grayscale if grayscale is not None else image.mode in {"1", "L", "LA"}
+            return np.asarray(image.convert("L" if gray else "RGB")).reshape(
+                image.height, image.width, -1
+            )
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _native_hw(path: Path) -> tuple[int, int]:
+    """Image size from the file header, without decoding the pixels."""
+    path = _require_file(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _resize(pixels: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.ndarray:
+    resized = cv2.resize(pixels, (hw[1], hw[0]), interpolation=interpolation)
+    return resized.reshape(hw[0], hw[1], pixels.shape[2])
+
+
+def load_image(
+    path: str | Path, size: Size | None = None, grayscale: bool | None = None
+) -> torch.Tensor:
+    """Load an image as a float (C, H, W) tensor in [0, 1].
+
+    ``grayscale=None`` keeps the file's own channel count (1 for gray, 3 otherwise);
+    True/False force 1 or 3 channels. Shrinking uses area averaging (no aliasing on the
+    fine textures anomalies live in), enlarging uses bilinear interpolation.
+    """
+    hw = _parse_size(size)
+    pixels = _read_pixels(Path(path), grayscale)
+    scale = float(np.iinfo(pixels.dtype).max)
+    image = pixels.astype(np.float32) / scale
+    if hw is not None and hw != image.shape[:2]:
+        shrinking = hw[0] * hw[1] < image.shape[0] * image.shape[1]
+        image = _resize(image, hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        image = np.clip(image, 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _binary_mask(path: Path) -> np.ndarray:
+    pixels = _read_pixels(path, grayscale=True)[..., 0]
+    threshold = MASK_THRESHOLD * (257 if pixels.dtype == np.uint16 else 1)
+    return pixels >= threshold
+
+
+def load_mask(
+    path: str | Path | None, size: Size | None = None, like: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Load a mask as a float (1, H, W) tensor of {0, 1} (pixels >= 128 are anomalous).
+
+    ``path=None`` (normal image) gives zeros. The output size is ``size`` if given, else the
+    spatial size of ``like`` (the image the mask belongs to), else the mask's own size. Without
+    ``size`` the mask must already match ``like``. Resizing uses pixel-centre nearest neighbour,
+    so the mask stays binary and aligned with the area/bilinear-resized image.
+    """
+    hw = _parse_size(size)
+    if like is not None:
+        if like.ndim < 2:
+            raise ValueError(
+                f"like must have spatial dims (..., H, W), got shape {tuple(like.shape)}"
+            )
+        like_hw = (int(like.shape[-2]), int(like.shape[-1]))
+        if hw is not None and hw != like_hw:
+            raise ValueError(f"size {hw} does not match the image size {like_hw} of like")
+    else:
+        like_hw = None
+    if path is None:
+        out_hw = hw or like_hw
+        if out_hw is None:
+            raise ValueError("load_mask(None) needs size or like to know the output shape")
+        return torch.zeros(1, *out_hw)
+    mask = _binary_mask(Path(path)).astype(np.uint8)
+    if hw is None and like_hw is not None and like_hw != mask.shape:
+        raise ValueError(f"mask {path} has size {mask.shape}, but its image has size {like_hw}")
+    if hw is not None and hw != mask.shape:
+        mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+    return torch.from_numpy(mask.astype(np.float32))[None]
+
+
+def load_record(
+    record: Record, size: Size | None = None, grayscale: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load an image and its mask, checking that both files have the same native size."""
+    if record.mask is not None:
+        image_hw, mask_hw = _native_hw(record.image), _native_hw(record.mask)
+        if image_hw != mask_hw:
+            raise ValueError(
+                f"image {record.image} has size {image_hw} but its mask {record.mask} has {mask_hw}"
+            )
+    image = load_image(record.image, size, grayscale)
+    return image, load_mask(record.mask, size, like=image)
+
+
+def mask_is_empty(record: Record) -> bool:
+    """True when the record has no mask file or no mask pixel reaches the threshold."""
+    return record.mask is None or not _binary_mask(record.mask).any()
+
+
+# --------------------------------------------------------------------------- few-shot split
+
+
+def _split_normals(
+    normals: Sequence[Record], fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"normal_train_fraction must be in (0, 1), got {fraction}")
+    n_train = round(fraction * len(normals))
+    if not 0 < n_train < len(normals):
+        raise ValueError(
+            f"normal_train_fraction {fraction} of {len(normals)} normal images leaves the train "
+            "or test part empty"
+        )
+    # A separate stream keeps the anomaly draw independent of how the normals were split.
+    shuffled = list(normals)
+    random.Random(f"prn-split:{seed}:normal").shuffle(shuffled)
+    train = set(shuffled[:n_train])
+    return [r for r in normals if r in train], [r for r in normals if r not in train]
+
+
+def _draw_anomalies(anomalies: Sequence[Record], n: int, seed: int) -> list[Record]:
+    """Round-robin over sorted defect types, random within a type, skipping empty masks.
+
+    Each type is shuffled once up front, so for a fixed seed the n-shot draw is a prefix of
+    the (n+k)-shot draw and runs with more shots only add anomalies.
+    """
+    rng = random.Random(f"prn-split:{seed}:anomaly")
+    queues: dict[str, list[Record]] = {}
+    for defect in sorted({r.defect_type for r in anomalies}):
+        queue = [r for r in anomalies if r.defect_type == defect]
+        rng.shuffle(queue)
+        queues[defect] = queue[::-1]  # pop() from the end takes the shuffled order
+    drawn: list[Record] = []
+    skipped_empty = 0
+    while len(drawn) < n and queues:
+        for defect in list(queues):
+            if len(drawn) == n:
+                break
+            queue = queues[defect]
+            while queue:
+                candidate = queue.pop()
+                if mask_is_empty(candidate):
+                    skipped_empty += 1
+                    continue
+                drawn.append(candidate)
+                break
+            if not queue:
+                del queues[defect]
+    if len(drawn) < n:
+        raise ValueError(
+            f"n_anomalies={n} requested but only {len(drawn)} anomalies with a non-empty mask "
+            f"are available ({len(anomalies)} anomalies, {skipped_empty} with empty or no mask)"
+        )
+    return drawn
+
+
+def make_split(
+    records: Sequence[Record],
+    n_anomalies: int = 10,
+    seed: int = 0,
+    normal_train_fraction: float | None = None,
+) -> Split:
+    """Few-shot protocol: normal train set, N real anomalies for training, the rest for test.
+
+    Normal images follow the dataset's own train/test split when it has one (MVTec) and
+    ``normal_train_fraction`` is None; otherwise all normal images are shuffled by ``seed`` and
+    split by the fraction (default 3:1). Drawn anomalies are removed from the test set so
+    evaluation never sees an image the model trained on; anomalies with empty masks are never
+    drawn and stay in the test set.
+    """
+    if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int) or n_anomalies < 0:
+        raise ValueError(f"n_anomalies must be a non-negative int, got {n_anomalies!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not records:
+        raise ValueError("make_split got no records")
+    ordered = sorted(records, key=lambda r: (r.label, r.defect_type, str(r.image)))
+    if len({r.image for r in ordered}) != len(ordered):
+        raise ValueError("records contain the same image more than once")
+    splits = {r.split for r in ordered}
+    if None in splits and len(splits) > 1:
+        raise ValueError("records mix a predefined train/test split with unsplit records")
+
+    normals = [r for r in ordered if r.label == 0]
+    predefined = None not in splits and normal_train_fraction is None
+    if predefined:
+        train_anomalies = [r for r in ordered if r.split == "train" and r.label == 1]
+        if train_anomalies:
+            raise ValueError(f"anomalous image in the predefined train split: {train_anomalies[0]}")
+        train_normal = [r for r in normals if r.split == "train"]
+        test_normal = [r for r in normals if r.split == "test"]
+        if not train_normal:
+            raise ValueError("the predefined train split has no normal images")
+        fraction = None
+    else:
+        fraction = (
+            DEFAULT_NORMAL_TRAIN_FRACTION
+            if normal_train_fraction is None
+            else normal_train_fraction
+        )
+        train_normal, test_normal = _split_normals(normals, fraction, seed)
+
+    anomalies = [r for r in ordered if r.label == 1]
+    few_shot = _draw_anomalies(anomalies, n_anomalies, seed)
+    drawn = set(few_shot)
+    test = test_normal + [r for r in anomalies if r not in drawn]
+    notes = {"normal_split": "predefined" if predefined else f"random, train fraction {fraction}"}
+    return Split(train_normal=train_normal, test=test, few_shot=few_shot, seed=seed, notes=notes)

@@ -1,0 +1,643 @@
+"""The Prototypical Residual Network (PRN; Zhang, Wu, Wang, Chen, Jiang, CVPR 2023, 2212.02031).
+
+Data flow (Fig. 3 of the paper)::
+
+    image -> frozen backbone -> features at strides 4, 8, 16, 32
+    strides 4/8/16: residual = (feature - nearest normal prototype) ** 2      [prototypes.py]
+    features and residuals -> 1x1 projections -> Multi-scale Fusion (one each)
+    per scale: concat(fused feature, fused residual) -> Multi-size Self-Attention
+    -> second Multi-scale Fusion -> U-Net decoder (stride 32 features at the bottom,
+    fused scales as skips) -> one-channel anomaly logit map at the input resolution
+
+Widths are chosen so the head costs no more than a frozen EfficientNet-Lite0 at 256x256: every
+scale is first projected to a modest width with 1x1 convolutions, the fusion mixes with a 1x1
+convolution plus a depthwise 3x3 one, and the two full-resolution decoder stages are narrow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prn_model.prototypes import PrototypeBank
+
+__all__ = [
+    "PRN",
+    "MultiScaleFeatureFusion",
+    "MultiSizeSelfAttention",
+    "PRNConfig",
+    "UNetDecoder",
+    "valid_patch_divisors",
+]
+
+# Same tolerance as the backbones: admits float rounding and mild resampling overshoot while
+# still rejecting 0..255 or already-normalised images.
+_RANGE_TOLERANCE = 1e-2
+# Initial probability of "anomalous" for every pixel (focal-loss prior, Lin et al. 2017): most
+# pixels are normal, and starting near 0.01 keeps the first focal-loss steps from being dominated
+# by the abundant easy negatives.
+_PRIOR_PROBABILITY = 0.01
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _positive_ints(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"{name} must be a non-empty list of positive ints, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must hold exactly {length} values, got {value!r}")
+    return tuple(_positive_int(name, v) for v in value)
+
+
+@dataclass
+class PRNConfig:
+    """Hyper-parameters of PRN; plain types only, so ``to_dict()`` is YAML-able.
+
+    backbone: registry name (see ``prn_model.backbones``); used when PRN builds its own backbone.
+    image_size: side of the square network input; a multiple of 32 (the deepest stride).
+    prototype_ratio: prototypes per scale = max(1, round(ratio * n_normal)); PRN uses ~10 %.
+    n_prototype_scales: how many of the strides 4, 8, 16 get prototypes and residuals (1-3).
+    attention_divisors: MSSA patch sizes are (H / d, W / d) for each divisor d that divides the
+        map and leaves patches of at least 1 px; 1 is the whole map as a single token.
+    attention_channels: channels of the 1x1 Q/K/V projections in each MSSA patch size.
+    fusion_channels: width of the strides 4, 8, 16 after projection and fusion.
+    decoder_channels: decoder width at strides 32, 16, 8, 4, 2, 1.
+    top_k: image score = mean of the k largest anomaly-map values. A mean of a few hundred
+        pixels (0.15 % of a 256x256 map by default) is less noisy than the maximum yet still
+        responds to small defects, which a whole-image mean would dilute (our choice).
+    kmeans_max_iter: cap on Lloyd iterations when fitting the prototypes.
+    num_prototypes: prototypes per scale; filled in by ``PRN.fit_prototypes`` so a model built
+        from a saved config has buffers of the checkpoint's shapes.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 256
+    prototype_ratio: float = 0.1
+    n_prototype_scales: int = 3
+    attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
+    attention_channels: int = 8
+    fusion_channels: tuple[int, ...] = (32, 48, 64)
+    decoder_channels: tuple[int, ...] = (64, 64, 48, 32, 16, 8)
+    top_k: int = 100
+    kmeans_max_iter: int = 100
+    num_prototypes: tuple[int, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ValueError(f"backbone must be a non-empty string, got {self.backbone!r}")
+        _positive_int("image_size", self.image_size)
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        ratio = self.prototype_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ValueError(f"prototype_ratio must be in (0, 1], got {ratio!r}")
+        self.prototype_ratio = float(ratio)
+        if self.n_prototype_scales not in (1, 2, 3) or isinstance(self.n_prototype_scales, bool):
+            raise ValueError(
+                f"n_prototype_scales must be 1, 2 or 3, got {self.n_prototype_scales!r}"
+            )
+        self.attention_divisors = _positive_ints("attention_divisors", self.attention_divisors)
+        _positive_int("attention_channels", self.attention_channels)
+        self.fusion_channels = _positive_ints("fusion_channels", self.fusion_channels, 3)
+        self.decoder_channels = _positive_ints("decoder_channels", self.decoder_channels, 6)
+        _positive_int("top_k", self.top_k)
+        _positive_int("kmeans_max_iter", self.kmeans_max_iter)
+        if self.num_prototypes is not None:
+            self.num_prototypes = _positive_ints(
+                "num_prototypes", self.num_prototypes, self.n_prototype_scales
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (tuples become lists) for YAML/JSON."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PRNConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (they are usually typos)."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"config must be a mapping, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PRNConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Average-pool when shrinking (keeps all evidence), bilinear when enlarging."""
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class MultiScaleFeatureFusion(nn.Module):
+    """PRN Multi-scale Fusion block (MSF, Sec. 3.3, Fig. 3).
+
+    Every target scale receives all input scales resized to its size (bilinear up, average-pool
+    down), concatenated and mixed by a 1x1 conv-BN-ReLU (channel mixing), then a depthwise 3x3
+    conv-BN-ReLU adds spatial context.
+
+    The 1x1 convolution over the concatenation is computed as a sum of one 1x1 convolution per
+    source (``mixing[target][source]``), each applied at the coarser of the two resolutions:
+    resizing and a bias-free 1x1 convolution are both linear per pixel/channel, so they commute
+    and the result is the same function, without materialising the wide upsampled
+    concatenation (this is most of the head's cost saving at stride 4).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.in_channels = _positive_ints("in_channels", list(in_channels))
+        self.out_channels = _positive_ints("out_channels", list(out_channels))
+        self.mixing = nn.ModuleList(
+            nn.ModuleList(
+                nn.Conv2d(channels, width, 1, bias=False) for channels in self.in_channels
+            )
+            for width in self.out_channels
+        )
+        self.post = nn.ModuleList(
+            nn.Sequential(
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            )
+            for width in self.out_channels
+        )
+
+    def forward(
+        self, inputs: Sequence[Tensor], target_sizes: Sequence[Sequence[int]] | None = None
+    ) -> list[Tensor]:
+        """Fuse ``inputs`` (one map per input scale) into one map per target size.
+
+        ``target_sizes`` defaults to the inputs' own sizes (then there must be as many inputs
+        as outputs); give it to fuse fewer sources into more scales.
+        """
+        if len(inputs) != len(self.in_channels):
+            raise ValueError(f"expected {len(self.in_channels)} input maps, got {len(inputs)}")
+        for index, (x, channels) in enumerate(zip(inputs, self.in_channels)):
+            if x.ndim != 4 or x.shape[1] != channels:
+                raise ValueError(
+                    f"input {index}: expected (B, {channels}, H, W), got {tuple(x.shape)}"
+                )
+        if target_sizes is None:
+            target_sizes = [x.shape[-2:] for x in inputs]
+        if len(target_sizes) != len(self.out_channels):
+            raise ValueError(
+                f"expected {len(self.out_channels)} target sizes, got {len(target_sizes)}"
+            )
+        outputs = []
+        for convs, post, size in zip(self.mixing, self.post, target_sizes):
+            mixed = sum(
+                conv(_resize(x, size))
+                if x.shape[-2:].numel() > math.prod(size)
+                else _resize(conv(x), size)
+                for conv, x in zip(convs, inputs)
+            )
+            outputs.append(post(mixed))
+        return outputs
+
+
+def valid_patch_divisors(map_size: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
+    """Divisors d for which a (H, W) map splits into d x d patches of (H/d, W/d) >= 1 px."""
+    height, width = map_size
+    return tuple(
+        d
+        for d in dict.fromkeys(divisors)
+        if d <= min(height, width) and not height % d and not width % d
+    )
+
+
+class _PatchAttention(nn.Module):
+    """Self-attention between the d x d non-overlapping patches of a map (one MSSA patch size).
+
+    Q, K, V come from 1x1 convolutions that reduce the channels; each patch flattened
+    (channels x patch pixels) is one token. With d = 1 the whole map is a single token that can
+    only attend to itself, so that branch is just its value projection (no Q/K that could never
+    receive a gradient).
+    """
+
+    def __init__(self, channels: int, attention_channels: int, divisor: int) -> None:
+        super().__init__()
+        self.divisor = divisor
+        self.attention_channels = attention_channels
+        projections = 3 if divisor > 1 else 1
+        self.qkv = nn.Conv2d(channels, projections * attention_channels, 1)
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        d = self.divisor
+        patches = x.reshape(batch, channels, d, height // d, d, width // d)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, d * d, -1)
+
+    def _fold(self, tokens: Tensor, height: int, width: int) -> Tensor:
+        batch, d = tokens.shape[0], self.divisor
+        patches = tokens.reshape(batch, d, d, self.attention_channels, height // d, width // d)
+        return patches.permute(0, 3, 1, 4, 2, 5).reshape(
+            batch, self.attention_channels, height, width
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.qkv(x)
+        if self.divisor == 1:
+            return qkv
+        query, key, value = (self._tokens(t) for t in qkv.chunk(3, dim=1))
+        attended = F.scaled_dot_product_attention(query, key, value)  # scale 1/sqrt(token dim)
+        return self._fold(attended, x.shape[-2], x.shape[-1])
+
+
+class MultiSizeSelfAttention(nn.Module):
+    """PRN Multi-size Self-Attention (MSSA, Sec. 3.3), for one scale of a fixed map size.
+
+    The map is split into non-overlapping patches of several sizes (H/d x W/d for each valid
+    divisor d); within each size, patches attend to each other as tokens. The outputs of all
+    sizes are concatenated, merged by a 1x1 conv-BN and added back to the input (residual), so
+    anomalies of different extents are compared with context of matching size.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        map_size: Sequence[int],
+        divisors: Sequence[int] = (1, 2, 4, 8),
+        attention_channels: int = 8,
+    ) -> None:
+        super().__init__()
+        _positive_int("channels", channels)
+        _positive_int("attention_channels", attention_channels)
+        self.map_size = tuple(_positive_ints("map_size", list(map_size), 2))
+        self.divisors = valid_patch_divisors(self.map_size, _positive_ints("divisors", divisors))
+        if not self.divisors:
+            raise ValueError(f"no divisor in {tuple(divisors)} tiles a {self.map_size} map")
+        self.heads = nn.ModuleList(
+            _PatchAttention(channels, attention_channels, d) for d in self.divisors
+        )
+        self.merge = nn.Sequential(
+            nn.Conv2d(len(self.divisors) * attention_channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or tuple(x.shape[-2:]) != self.map_size:
+            raise ValueError(
+                f"expected maps (B, C, {self.map_size[0]}, {self.map_size[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        return x + self.merge(torch.cat([head(x) for head in self.heads], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """PRN decoder (Sec. 3.3): U-Net-like upsampling path producing the anomaly logit map.
+
+    The stride-32 backbone features (no prototypes at that scale) enter at the bottom; each
+    stage upsamples x2, concatenates the fused map of that scale (16, 8, 4) and applies a 3x3
+    conv-BN-ReLU; two narrow stages bring stride 4 to stride 1 and a 1x1 conv gives the logit.
+    """
+
+    def __init__(
+        self, bottom_channels: int, skip_channels: Sequence[int], channels: Sequence[int]
+    ) -> None:
+        super().__init__()
+        skips = _positive_ints("skip_channels", list(skip_channels), 3)  # strides 4, 8, 16
+        widths = _positive_ints("channels", list(channels), 6)  # strides 32, 16, 8, 4, 2, 1
+        self.bottom = _conv_bn_relu(_positive_int("bottom_channels", bottom_channels), widths[0], 1)
+        self.skip_stages = nn.ModuleList(
+            _conv_bn_relu(widths[i] + skip, widths[i + 1]) for i, skip in enumerate(reversed(skips))
+        )
+        self.full_resolution_stages = nn.ModuleList(
+            _conv_bn_relu(widths[i], widths[i + 1]) for i in (3, 4)
+        )
+        self.logit = nn.Conv2d(widths[5], 1, 1)
+        nn.init.constant_(self.logit.bias, -math.log((1 - _PRIOR_PROBABILITY) / _PRIOR_PROBABILITY))
+
+    def forward(
+        self, bottom: Tensor, skips: Sequence[Tensor], output_size: Sequence[int]
+    ) -> Tensor:
+        """``skips`` are the fused maps at strides 4, 8, 16; returns (B, 1, *output_size)."""
+        x = self.bottom(bottom)
+        for stage, skip in zip(self.skip_stages, reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], dim=1))
+        height, width = output_size
+        half_size = (math.ceil(height / 2), math.ceil(width / 2))
+        for stage, size in zip(self.full_resolution_stages, (half_size, (height, width))):
+            x = stage(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        return self.logit(x)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _check_images(images: Any, name: str = "images") -> None:
+    """(B, C, H, W) float tensor, C in {1, 3}, finite values in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.numel() == 0:
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) with C = 1 or 3 and no empty dimension, "
+            f"got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+    low, high = torch.aminmax(images.detach())
+    if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # NaN fails too
+        raise ValueError(
+            f"{name} must hold finite values in [0, 1] (not 0..255, not normalised), "
+            f"got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+
+
+class PRN(nn.Module):
+    """Prototypical Residual Network: frozen backbone + prototypes + trainable PRN head.
+
+    ``forward`` returns anomaly *logits* (B, 1, H, W) for images at ``config.image_size``;
+    ``predict`` handles images of any size. The backbone stays frozen and in eval mode (its
+    BatchNorm statistics never change) even when the model is put in training mode.
+    """
+
+    def __init__(
+        self,
+        config: PRNConfig,
+        backbone: nn.Module | None = None,
+        pretrained: bool = True,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, PRNConfig):
+            raise ValueError(f"config must be a PRNConfig, got {type(config).__name__}")
+        self.config = dataclasses.replace(config)
+        if backbone is None:
+            from prn_model.backbones import create_backbone
+
+            backbone = create_backbone(
+                config.backbone, pretrained=pretrained, weights_path=weights_path
+            )
+        if not isinstance(backbone, nn.Module) or len(getattr(backbone, "channels", ())) != 4:
+            raise ValueError("backbone must be an nn.Module with `channels` for 4 feature scales")
+        backbone.requires_grad_(False)
+        self.backbone = backbone.eval()
+
+        feature_shapes = self._probe_feature_shapes()
+        n_protos = config.n_prototype_scales
+        self.prototypes = PrototypeBank(feature_shapes[:n_protos], config.num_prototypes)
+        sizes = [shape[1:] for shape in feature_shapes[:3]]
+        widths = config.fusion_channels
+        self.feature_projections = nn.ModuleList(
+            _conv_bn_relu(shape[0], width, 1) for shape, width in zip(feature_shapes, widths)
+        )
+        self.residual_projections = nn.ModuleList(
+            _conv_bn_relu(shape[0], width, 1)
+            for shape, width in zip(feature_shapes[:n_protos], widths)
+        )
+        self.feature_fusion = MultiScaleFeatureFusion(widths, widths)
+        self.residual_fusion = MultiScaleFeatureFusion(widths[:n_protos], widths)
+        self.attention = nn.ModuleList(
+            MultiSizeSelfAttention(
+                2 * width, size, config.attention_divisors, config.attention_channels
+            )
+            for width, size in zip(widths, sizes)
+        )
+        self.second_fusion = MultiScaleFeatureFusion([2 * w for w in widths], widths)
+        self.decoder = UNetDecoder(feature_shapes[3][0], widths, config.decoder_channels)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_config())
+
+    def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
+        """Run the backbone once on a blank image to learn the (C, H, W) of its 4 maps."""
+        size = self.config.image_size
+        parameter = next(self.backbone.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        with torch.no_grad():
+            features = self.backbone(torch.zeros(1, 3, size, size, device=device))
+        if not isinstance(features, list | tuple) or len(features) != 4:
+            raise ValueError("backbone must return a list of 4 feature maps")
+        shapes = [tuple(f.shape[1:]) for f in features]
+        if [s[0] for s in shapes] != list(self.backbone.channels):
+            raise ValueError(
+                f"backbone.channels {self.backbone.channels} disagree with its outputs {shapes}"
+            )
+        return shapes  # type: ignore[return-value]
+
+    def _sync_config(self) -> None:
+        fitted = self.prototypes.is_fitted
+        counts = self.prototypes.num_prototypes if fitted else None
+        self.config = dataclasses.replace(self.config, num_prototypes=counts)
+
+    def train(self, mode: bool = True) -> PRN:
+        """Set the head's mode; the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.prototypes.fitted.device
+
+    def _check_input(self, images: Any) -> None:
+        _check_images(images)
+        size = self.config.image_size
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"images must be {size}x{size} (config.image_size), got "
+                f"{tuple(images.shape[-2:])}; use predict() for other sizes"
+            )
+
+    def extract_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen backbone features at strides 4, 8, 16, 32 (no autograd graph)."""
+        self._check_input(images)
+        with torch.no_grad():
+            return list(self.backbone(images))
+
+    @torch.no_grad()
+    def fit_prototypes(
+        self, normal_images: Iterable[Tensor] | Tensor, n_images: int, seed: int = 0
+    ) -> PRN:
+        """Fit the multi-scale prototypes on ``n_images`` normal images.
+
+        ``normal_images`` yields batches (B, C, H, W) or single images (C, H, W) at
+        ``config.image_size`` in [0, 1] (a DataLoader's image batches, or one tensor).
+        Sets ``config.num_prototypes``.
+        """
+        if isinstance(normal_images, Tensor):
+            if normal_images.ndim != 4:
+                raise ValueError(
+                    f"normal_images tensor must be (N, C, H, W), got {tuple(normal_images.shape)}"
+                )
+            normal_images = normal_images.split(16)
+
+        def feature_batches() -> Iterable[list[Tensor]]:
+            for batch in normal_images:
+                if isinstance(batch, Tensor) and batch.ndim == 3:
+                    batch = batch.unsqueeze(0)
+                if isinstance(batch, Tensor):
+                    batch = batch.to(self.device)
+                yield self.extract_features(batch)
+
+        self.prototypes.fit(
+            feature_batches(),
+            n_images,
+            ratio=self.config.prototype_ratio,
+            seed=seed,
+            max_iter=self.config.kmeans_max_iter,
+        )
+        self._sync_config()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Anomaly logits (B, 1, H, W) for images (B, C, H, W) at ``config.image_size``."""
+        self._require_fitted()
+        return self.head(self.extract_features(images), images.shape[-2:])
+
+    def head(self, features: Sequence[Tensor], output_size: Sequence[int]) -> Tensor:
+        """Everything after the backbone: residuals, fusion, attention and decoder.
+
+        ``features`` are the backbone's 4 maps; ``output_size`` is the (H, W) of the logits.
+        Separate from ``forward`` so the head can be timed or run on cached features.
+        """
+        self._require_fitted()
+        if not isinstance(features, list | tuple) or len(features) != 4:
+            raise ValueError("features must be the list of 4 backbone feature maps")
+        n_protos = self.config.n_prototype_scales
+        residuals = self.prototypes.residuals(features[:n_protos])
+        fused_features = self.feature_fusion(
+            [project(f) for project, f in zip(self.feature_projections, features)]
+        )
+        sizes = [f.shape[-2:] for f in fused_features]
+        fused_residuals = self.residual_fusion(
+            [project(r) for project, r in zip(self.residual_projections, residuals)], sizes
+        )
+        attended = [
+            attention(torch.cat([f, r], dim=1))
+            for attention, f, r in zip(self.attention, fused_features, fused_residuals)
+        ]
+        return self.decoder(features[3], self.second_fusion(attended), output_size)
+
+    def _require_fitted(self) -> None:
+        if not self.prototypes.is_fitted:
+            raise RuntimeError(
+                "PRN prototypes are not fitted: call fit_prototypes() or load a fitted state dict"
+            )
+
+    def anomaly_map(self, images: Tensor) -> Tensor:
+        """Per-pixel anomaly probabilities, sigmoid of ``forward``."""
+        return torch.sigmoid(self(images))
+
+    def image_score(self, maps: Tensor) -> Tensor:
+        """Image anomaly score (B,): mean of the ``config.top_k`` largest values of each map.
+
+        ``maps`` is (B, 1, H, W) or (B, H, W); maps with fewer pixels than top_k use them all.
+        """
+        valid = isinstance(maps, Tensor) and (
+            maps.ndim == 3 or (maps.ndim == 4 and maps.shape[1] == 1)
+        )
+        if not valid or maps.numel() == 0:
+            shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+            raise ValueError(
+                f"maps must be a non-empty (B, 1, H, W) or (B, H, W) tensor, got {shape}"
+            )
+        flat = maps.flatten(1)
+        k = min(self.config.top_k, flat.shape[1])
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def predict(
+        self, images: Tensor | Sequence[Tensor], batch_size: int = 8
+    ) -> tuple[Tensor, Tensor | list[Tensor]]:
+        """Scores (B,) and anomaly maps for a batch (B, C, H, W) or a list of (C, H, W) images.
+
+        Images of any size are resized to ``config.image_size``; the scores are computed on
+        those network-resolution maps (so they do not depend on the input size) and each map
+        is resized back to its input's size: a stacked (B, 1, H, W) tensor when all sizes agree,
+        else a list of (1, H_i, W_i). Grayscale images in a list mixed with RGB ones are
+        repeated to 3 channels. Runs in eval mode without gradients; the mode is restored.
+        """
+        _positive_int("batch_size", batch_size)
+        if isinstance(images, Tensor):
+            _check_images(images)
+            items = list(images)
+        elif isinstance(images, list | tuple) and images:
+            items = list(images)
+            for index, image in enumerate(items):
+                if not isinstance(image, Tensor) or image.ndim != 3:
+                    got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                    raise ValueError(f"images[{index}] must be a (C, H, W) tensor, got {got}")
+                _check_images(image.unsqueeze(0), f"images[{index}]")
+        else:
+            raise ValueError(
+                "images must be a (B, C, H, W) tensor or a non-empty list of (C, H, W) tensors, "
+                f"got {type(images).__name__}"
+            )
+        mixed_channels = len({image.shape[0] for image in items}) > 1
+        size = (self.config.image_size, self.config.image_size)
+
+        was_training = self.training
+        self.eval()
+        scores, maps = [], []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(items), batch_size):
+                    chunk = items[start : start + batch_size]
+                    batch = torch.cat(
+                        [self._prepare(image, size, mixed_channels) for image in chunk]
+                    )
+                    probabilities = self.anomaly_map(batch)
+                    scores.append(self.image_score(probabilities))
+                    maps.extend(
+                        _resize_map(p, image.shape[-2:]) for p, image in zip(probabilities, chunk)
+                    )
+        finally:
+            self.train(was_training)
+        all_scores = torch.cat(scores)
+        if len({m.shape for m in maps}) == 1:
+            return all_scores, torch.stack(maps)
+        return all_scores, maps
+
+    def _prepare(self, image: Tensor, size: tuple[int, int], to_rgb: bool) -> Tensor:
+        batch = image.unsqueeze(0).to(device=self.device, dtype=torch.float32)
+        if to_rgb:
+            batch = batch.expand(-1, 3, -1, -1)
+        if tuple(batch.shape[-2:]) != size:
+            batch = F.interpolate(
+                batch, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return batch.clamp(0.0, 1.0)
+
+
+def _resize_map(probabilities: Tensor, size: Sequence[int]) -> Tensor:
+    """(1, h, w) map -> (1, *size) by bilinear interpolation (identity when sizes agree)."""
+    if tuple(probabilities.shape[-2:]) == tuple(size):
+        return probabilities
+    resized = F.interpolate(
+        probabilities.unsqueeze(0), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return resized.squeeze(0)

@@ -1,0 +1,321 @@
+"""Multi-scale prototypes of PRN (Zhang et al., CVPR 2023, Sec. 3.2 "Multi-scale Prototypes").
+
+PRN represents "normal" by a few *whole* normal feature maps per scale: the k-means centres of
+the training images' feature maps, each map flattened to one C*H*W vector. At run time every
+input map is compared with its nearest prototype and the element-wise squared difference (the
+"residual") tells the network where and how the input departs from normal.
+
+Memory: ``PrototypeBank.fit`` writes the feature maps of all normal images straight into one
+preallocated (n, C*H*W) tensor per scale (no list of batches, no ``torch.cat``), and ``kmeans``
+only reads that tensor through row slices (views). Its temporaries are O(chunk_size * k) for
+distances and O(k * C*H*W) for the centres, so at most one copy of the feature bank is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "NearestPrototype",
+    "PrototypeBank",
+    "kmeans",
+    "nearest_prototype",
+    "num_prototypes",
+]
+
+
+def num_prototypes(n_normal: int, ratio: float = 0.1) -> int:
+    """Number of prototypes for ``n_normal`` images: ``max(1, round(ratio * n_normal))``.
+
+    PRN uses about 10 % of the normal images as prototypes (ratio 0.1).
+    """
+    if isinstance(n_normal, bool) or not isinstance(n_normal, int) or n_normal < 1:
+        raise ValueError(f"n_normal must be a positive int, got {n_normal!r}")
+    if not isinstance(ratio, int | float) or not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    return max(1, round(ratio * n_normal))
+
+
+def _squared_distances(points: Tensor, point_norms: Tensor, centres: Tensor) -> Tensor:
+    """Squared L2 distances (rows of ``points`` x rows of ``centres``) via one matmul.
+
+    Uses |x|^2 - 2 x.c + |c|^2 so no (n, k, D) difference tensor is formed; clamped at 0 because
+    the expansion can round slightly below zero.
+    """
+    centre_norms = centres.square().sum(dim=1)
+    distances = point_norms[:, None] - 2.0 * (points @ centres.T) + centre_norms[None, :]
+    return distances.clamp_min_(0.0)
+
+
+def _assign(
+    bank: Tensor, bank_norms: Tensor, centres: Tensor, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """Nearest centre and its squared distance for every bank row, ``chunk_size`` rows at once."""
+    labels = torch.empty(bank.shape[0], dtype=torch.long, device=bank.device)
+    min_distances = torch.empty(bank.shape[0], dtype=bank.dtype, device=bank.device)
+    for start in range(0, bank.shape[0], chunk_size):
+        stop = start + chunk_size
+        distances = _squared_distances(bank[start:stop], bank_norms[start:stop], centres)
+        min_distances[start:stop], labels[start:stop] = distances.min(dim=1)
+    return labels, min_distances
+
+
+def _kmeans_plus_plus(
+    bank: Tensor, bank_norms: Tensor, k: int, generator: torch.Generator, chunk_size: int
+) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) drawn from ``generator`` only."""
+    n = bank.shape[0]
+    centres = torch.empty((k, bank.shape[1]), dtype=bank.dtype, device=bank.device)
+    first = int(torch.randint(n, (1,), generator=generator, device=bank.device))
+    centres[0] = bank[first]
+    closest = torch.full((n,), math.inf, dtype=bank.dtype, device=bank.device)
+    for index in range(1, k):
+        for start in range(0, n, chunk_size):
+            stop = start + chunk_size
+            new = _squared_distances(
+                bank[start:stop], bank_norms[start:stop], centres[index - 1 : index]
+            )
+            torch.minimum(closest[start:stop], new[:, 0], out=closest[start:stop])
+        if float(closest.sum()) > 0.0:
+            chosen = int(torch.multinomial(closest, 1, generator=generator))
+        else:  # every point already coincides with a centre: any point is as good as another
+            chosen = int(torch.randint(n, (1,), generator=generator, device=bank.device))
+        centres[index] = bank[chosen]
+    return centres
+
+
+def _reseed_empty(centres: Tensor, counts: Tensor, bank: Tensor, min_distances: Tensor) -> None:
+    """Move each empty centre onto one of the points worst served by their centres.
+
+    Deterministic: points are ranked by distance to their centre, ties broken by index (stable
+    sort), and the i-th empty cluster takes the i-th point of that ranking.
+    """
+    empty = torch.nonzero(counts == 0).flatten()
+    farthest = torch.sort(min_distances, descending=True, stable=True).indices[: empty.numel()]
+    centres[empty] = bank[farthest]
+
+
+def kmeans(
+    bank: Tensor,
+    k: int,
+    *,
+    generator: torch.Generator,
+    max_iter: int = 100,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Cluster the rows of ``bank`` (n, D) into ``k`` centres with k-means++ and Lloyd steps.
+
+    Deterministic for a given ``generator`` state (only it is used for the random choices, and
+    centre sums are matmuls with a one-hot matrix rather than atomics). ``bank`` is read, never
+    copied: see the module docstring. Empty clusters are re-seeded deterministically.
+
+    Returns ``(centres (k, D), labels (n,))``.
+    """
+    if not isinstance(bank, Tensor) or bank.ndim != 2 or not bank.is_floating_point():
+        raise ValueError(f"bank must be a 2-D float tensor (n, D), got {_describe(bank)}")
+    n = bank.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, n={n}], got {k!r}")
+    if max_iter < 1 or chunk_size < 1:
+        raise ValueError(f"max_iter and chunk_size must be >= 1, got {max_iter}, {chunk_size}")
+    if not torch.isfinite(bank).all():
+        raise ValueError("bank contains NaN or infinite values")
+
+    bank_norms = bank.square().sum(dim=1)
+    centres = _kmeans_plus_plus(bank, bank_norms, k, generator, chunk_size)
+    labels, min_distances = _assign(bank, bank_norms, centres, chunk_size)
+    for _ in range(max_iter):
+        sums = torch.zeros_like(centres)
+        for start in range(0, n, chunk_size):
+            stop = start + chunk_size
+            one_hot = nn.functional.one_hot(labels[start:stop], k).to(bank.dtype)
+            sums += one_hot.T @ bank[start:stop]
+        counts = torch.bincount(labels, minlength=k)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None].to(bank.dtype)
+        if not filled.all():
+            _reseed_empty(centres, counts, bank, min_distances)
+        new_labels, min_distances = _assign(bank, bank_norms, centres, chunk_size)
+        converged = torch.equal(new_labels, labels)
+        labels = new_labels
+        if converged:
+            break
+    return centres, labels
+
+
+class NearestPrototype(NamedTuple):
+    """Result of :func:`nearest_prototype`: per-sample index, squared distance and residual."""
+
+    index: Tensor  # (B,) long
+    distance: Tensor  # (B,) squared L2 distance over the whole map
+    residual: Tensor  # (B, C, H, W) = (features - nearest) ** 2
+
+
+def nearest_prototype(features: Tensor, prototypes: Tensor) -> NearestPrototype:
+    """For each map in ``features`` (B, C, H, W) find the closest of ``prototypes`` (K, C, H, W).
+
+    Closeness is the L2 distance over the whole flattened map, as PRN matches entire normal
+    feature maps; the residual is the element-wise squared difference to that prototype.
+    """
+    if not isinstance(features, Tensor) or features.ndim != 4:
+        raise ValueError(f"features must be a (B, C, H, W) tensor, got {_describe(features)}")
+    if not isinstance(prototypes, Tensor) or prototypes.ndim != 4 or prototypes.shape[0] < 1:
+        raise ValueError(
+            f"prototypes must be a (K>=1, C, H, W) tensor, got {_describe(prototypes)}"
+        )
+    if features.shape[1:] != prototypes.shape[1:]:
+        raise ValueError(
+            f"feature map shape {tuple(features.shape[1:])} does not match prototype shape "
+            f"{tuple(prototypes.shape[1:])}"
+        )
+    flat = features.flatten(1)
+    distances = _squared_distances(flat, flat.square().sum(dim=1), prototypes.flatten(1))
+    distance, index = distances.min(dim=1)
+    residual = (features - prototypes[index]).square()
+    return NearestPrototype(index=index, distance=distance, residual=residual)
+
+
+class PrototypeBank(nn.Module):
+    """PRN multi-scale prototypes (Sec. 3.2): K whole normal feature maps per scale.
+
+    The prototypes are buffers ``prototypes_{i}`` of shape (K_i, C_i, H_i, W_i), so they travel
+    in the state dict. Before fitting they have K_i = 0 unless ``num_prototypes`` is given (to
+    build a model whose buffer shapes match a checkpoint); loading a state dict also adopts the
+    stored K_i, so a fresh bank can load any fitted one with the same C, H, W.
+    ``is_fitted`` is itself a buffer, so zero-filled placeholders never pass as prototypes.
+    """
+
+    def __init__(
+        self,
+        feature_shapes: Sequence[Sequence[int]],
+        num_prototypes: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        shapes = [tuple(int(v) for v in shape) for shape in feature_shapes]
+        if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+            raise ValueError(f"feature_shapes must be non-empty (C, H, W) triples, got {shapes}")
+        counts = [0] * len(shapes) if num_prototypes is None else [int(k) for k in num_prototypes]
+        if len(counts) != len(shapes) or any(k < 0 for k in counts):
+            raise ValueError(
+                f"num_prototypes must hold {len(shapes)} non-negative ints, got {num_prototypes}"
+            )
+        self.feature_shapes: list[tuple[int, int, int]] = shapes  # type: ignore[assignment]
+        for scale, (shape, count) in enumerate(zip(shapes, counts)):
+            self.register_buffer(f"prototypes_{scale}", torch.zeros((count, *shape)))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.feature_shapes)
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    @property
+    def prototypes(self) -> list[Tensor]:
+        return [getattr(self, f"prototypes_{scale}") for scale in range(self.n_scales)]
+
+    @property
+    def num_prototypes(self) -> tuple[int, ...]:
+        return tuple(p.shape[0] for p in self.prototypes)
+
+    def _check_features(self, features: Sequence[Tensor]) -> list[Tensor]:
+        if not isinstance(features, list | tuple) or len(features) < self.n_scales:
+            raise ValueError(
+                f"expected a list of >= {self.n_scales} feature maps, got {_describe(features)}"
+            )
+        maps = list(features[: self.n_scales])
+        for scale, (feature, shape) in enumerate(zip(maps, self.feature_shapes)):
+            if not isinstance(feature, Tensor) or feature.ndim != 4 or feature.shape[1:] != shape:
+                raise ValueError(
+                    f"scale {scale}: expected feature maps (B, {', '.join(map(str, shape))}), "
+                    f"got {_describe(feature)}"
+                )
+        return maps
+
+    @torch.no_grad()
+    def fit(
+        self,
+        feature_batches: Iterable[Sequence[Tensor]],
+        n: int,
+        ratio: float = 0.1,
+        seed: int = 0,
+        max_iter: int = 100,
+    ) -> PrototypeBank:
+        """Cluster the feature maps of ``n`` normal images into ``num_prototypes(n, ratio)``.
+
+        ``feature_batches`` yields, per batch of images, a list of feature maps (one per scale;
+        extra deeper scales are ignored). The total batch size must equal ``n``, which lets the
+        bank be preallocated once (see the module docstring).
+        """
+        k = num_prototypes(n, ratio)
+        banks: list[Tensor] = []
+        filled = 0
+        for batch in feature_batches:
+            maps = self._check_features(batch)
+            size = maps[0].shape[0]
+            if any(m.shape[0] != size for m in maps):
+                raise ValueError("all scales of a batch must have the same batch size")
+            if filled + size > n:
+                raise ValueError(f"feature_batches yielded more than n={n} samples")
+            if not banks:
+                banks = [
+                    torch.empty((n, m[0].numel()), dtype=torch.float32, device=m.device)
+                    for m in maps
+                ]
+            for bank, feature in zip(banks, maps):
+                bank[filled : filled + size].copy_(feature.flatten(1))
+            filled += size
+        if filled != n:
+            raise ValueError(f"feature_batches yielded {filled} samples, expected n={n}")
+
+        generator = torch.Generator(device=banks[0].device).manual_seed(int(seed))
+        for scale in range(self.n_scales):
+            bank = banks.pop(0)  # drop the list's reference so each bank is freed once clustered
+            centres, _ = kmeans(bank, k, generator=generator, max_iter=max_iter)
+            del bank
+            prototypes = centres.reshape(k, *self.feature_shapes[scale])
+            setattr(self, f"prototypes_{scale}", prototypes.to(self.fitted.device))
+        self.fitted.fill_(True)
+        return self
+
+    def residuals(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Residual ``(feature - nearest prototype) ** 2`` for each of the first n_scales maps."""
+        if not self.is_fitted:
+            raise RuntimeError(
+                "prototypes are not fitted: call fit() (or PRN.fit_prototypes) or load a state dict"
+            )
+        maps = self._check_features(features)
+        return [
+            nearest_prototype(feature, prototypes.to(feature.dtype)).residual
+            for feature, prototypes in zip(maps, self.prototypes)
+        ]
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        return self.residuals(features)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args) -> None:
+        """Adopt the stored number of prototypes (K) so a fresh bank loads a fitted one."""
+        for scale, shape in enumerate(self.feature_shapes):
+            key = f"{prefix}prototypes_{scale}"
+            stored = state_dict.get(key)
+            if isinstance(stored, Tensor) and stored.ndim == 4 and stored.shape[1:] == shape:
+                current = getattr(self, f"prototypes_{scale}")
+                if stored.shape[0] != current.shape[0]:
+                    resized = current.new_zeros((stored.shape[0], *shape))
+                    setattr(self, f"prototypes_{scale}", resized)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__

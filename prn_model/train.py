@@ -1,0 +1,520 @@
+"""Training and evaluation glue around the bare ``PRN`` module.
+
+One ``TrainConfig`` describes a run. ``run(config, out_dir)`` reads the dataset, draws the
+few-shot split, fits the prototypes, trains on a fixed step schedule (no model selection
+on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md``,
+``manifest.json`` and heatmap overlays. Checkpoints are written atomically and hold
+everything needed to resume bit-exactly on the CPU. Under ``torchrun`` the run is
+data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch sharded across ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import anomgen
+from anomgen.preview import save_png_atomic
+from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
+from anomgen.transforms import CutPasteScar, Normal, OneOf, PerlinTexturePaste, SeenAnomalyPaste
+from prn_model.data import Record, Split, load_image, load_record, make_split
+from prn_model.data import read_folder, read_mtd, read_mvtec
+from prn_model.demo_data import build_demo_dataset
+from prn_model.loss import PRNLoss
+from prn_model.metrics import evaluate
+from prn_model.network import PRN, PRNConfig
+
+__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run"]
+
+CHECKPOINT_VERSION = 1
+DATASETS = ("demo", "mvtec", "mtd", "folder")
+# Keys that may differ between an interrupted run and its resumption.
+_RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; plain types so it is stored in checkpoints as a dict."""
+
+    dataset: str = "demo"
+    root: str | None = None
+    category: str | None = None
+    normal_dir: str | None = None
+    anomaly_dir: str | None = None
+    mask_dir: str | None = None
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None
+    image_size: int = 128
+    n_anomalies: int = 10
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    textures: str | None = None
+    recipe: str | None = None
+    normal_weight: float = 2.0
+    seen_weight: float = 1.0
+    simulated_weight: float = 1.0
+    top_k: int = 100
+    checkpoint_every: int = 100
+    num_workers: int = 0
+    device: str = "auto"
+    heatmaps: int = 6
+    stop_at_step: int | None = None  # simulate an interrupted run (tests, debugging)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        for name in ("steps", "batch_size", "image_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.n_anomalies < 0:
+            raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
+        if self.dataset in ("mvtec", "mtd") and not self.root:
+            raise ValueError(f"dataset {self.dataset!r} needs --root")
+        if self.dataset == "mvtec" and not self.category:
+            raise ValueError("dataset 'mvtec' needs --category")
+        if self.dataset == "folder" and not self.normal_dir:
+            raise ValueError("dataset 'folder' needs --normal-dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}")
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    """Join the torchrun process group when launched by torchrun, else run alone."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
+    """The dataset's records; the demo dataset is built on first use under ``cache_dir``."""
+    if config.dataset == "demo":
+        root = build_demo_dataset(cache_dir / "demo_data", seed=0)
+        return read_mvtec(root, "demo_texture")
+    if config.dataset == "mvtec":
+        return read_mvtec(config.root, config.category)
+    if config.dataset == "mtd":
+        return read_mtd(config.root)
+    return read_folder(config.normal_dir, config.anomaly_dir, config.mask_dir)
+
+
+def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
+    """The training mix: normal images, seen-anomaly extension and simulated anomalies.
+
+    ``config.recipe`` (a YAML/JSON anomgen config) replaces the default mix.
+    """
+    if config.recipe:
+        import yaml
+
+        return from_dict(yaml.safe_load(Path(config.recipe).read_text()))
+    simulated = OneOf([PerlinTexturePaste(textures=config.textures), CutPasteScar()])
+    if not split.few_shot:
+        return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
+    pool = AnomalyPool([str(r.image) for r in split.few_shot], [str(r.mask) for r in split.few_shot])
+    return OneOf(
+        [Normal(), SeenAnomalyPaste(anomalies=pool), simulated],
+        weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
+    )
+
+
+class _StepBatches:
+    """Batch sampler yielding the (index, epoch) pairs of each step from ``start`` on.
+
+    Epoch ``e`` visits the images in a permutation seeded by (seed, e); step ``s`` takes
+    the next ``batch_size`` of them, and rank ``r`` of ``world`` keeps every world-th item.
+    The pairs depend only on the step, so a resumed run sees exactly the same data.
+    """
+
+    def __init__(self, n: int, batch_size: int, steps: int, start: int, seed: int, dist_: _Dist):
+        if batch_size % dist_.world:
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by the {dist_.world} processes"
+            )
+        self.n, self.batch_size, self.steps, self.start = n, batch_size, steps, start
+        self.seed, self.dist = seed, dist_
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = max(1, self.n // self.batch_size)
+        for step in range(self.start, self.steps):
+            epoch, offset = divmod(step, per_epoch)
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(anomgen.derive_seed(self.seed, epoch))
+            )
+            picks = [
+                int(order[(offset * self.batch_size + j) % self.n]) for j in range(self.batch_size)
+            ]
+            yield [(i, epoch) for i in picks[self.dist.rank :: self.dist.world]]
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "mask": torch.stack([item["mask"] for item in items]),
+    }
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary file and a rename: never a half-written checkpoint."""
+    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by the recipe (``weights_only=True``) and check its version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from None
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has format version {version!r}; "
+            f"this prn_model reads version {CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    differing = sorted(
+        k for k in set(saved) | set(current) if k not in _RESUMABLE_KEYS and saved.get(k) != current.get(k)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by another configuration ({details}); "
+            "use a new --out directory or the same options"
+        )
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def _load_split_images(
+    records: Sequence[Record], size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images, masks = zip(*(load_record(r, size) for r in records))
+    return torch.stack(images), torch.stack(masks)
+
+
+def run(config: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any] | None:
+    """Train and evaluate; returns the metrics on rank 0 (None on other ranks)."""
+    out = Path(out_dir)
+    device = _resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
+    dist_ = _init_distributed(device)
+    try:
+        return _run(config, out, resume, device, dist_)
+    finally:
+        if dist_.world > 1:
+            dist.destroy_process_group()
+
+
+def _run(
+    config: TrainConfig, out: Path, resume: bool, device: torch.device, dist_: _Dist
+) -> dict[str, Any] | None:
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+
+    records = read_records(config, out.parent / ".cache")
+    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    transform = build_transform(config, split)
+    normal_paths = [r.image for r in split.train_normal]
+    dataset = SynthesisDataset(
+        [load_image(p, config.image_size) for p in normal_paths],
+        transform,
+        seed=config.seed,
+    )
+    model_config = PRNConfig(
+        backbone=config.backbone, image_size=config.image_size, top_k=config.top_k
+    )
+    model = PRN(model_config, pretrained=config.pretrained, weights_path=config.weights)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+    )
+    start = 0
+    if resume and checkpoint_path.exists():
+        payload = load_checkpoint(checkpoint_path)
+        _check_same_run(payload["config"], config, checkpoint_path)
+        model = PRN(
+            PRNConfig.from_dict(payload["model_config"]),
+            pretrained=config.pretrained,
+            weights_path=config.weights,
+        )
+        model.load_state_dict(payload["model"])
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)),
+        )
+        scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        start = int(payload["step"])
+    else:
+        normals = torch.stack([dataset.load(i) for i in range(len(dataset))])
+        model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
+    model.to(device)
+    if dist_.main:
+        (out / "manifest.json").write_text(split.to_json())
+        (out / "recipe.json").write_text(json.dumps(_recipe_dict(transform), indent=2))
+
+    network: torch.nn.Module = model
+    if dist_.world > 1:
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    criterion = PRNLoss()
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_StepBatches(len(dataset), config.batch_size, config.steps, start, config.seed, dist_),
+        collate_fn=_collate,
+        num_workers=config.num_workers,
+    )
+    use_amp = device.type == "cuda"
+    model.train()
+    progress = tqdm(
+        total=config.steps, initial=start, desc="train", unit="step", disable=not dist_.main
+    )
+    step = start
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = network(images)
+        loss, parts = criterion(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if dist_.main and (step % config.checkpoint_every == 0 or step == config.steps):
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, transform)
+        if config.stop_at_step is not None and step >= config.stop_at_step:
+            progress.close()
+            return None
+    progress.close()
+    if not dist_.main:
+        return None
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate_split(model, split, config, device, out)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["peak_rss_mib"] = _peak_rss_mib()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "summary.md").write_text(_summary(metrics, config, split))
+    return metrics
+
+
+def _recipe_dict(transform: AnomalyTransform) -> dict[str, Any]:
+    return transform.to_dict()
+
+
+def _save_checkpoint(
+    path: Path,
+    model: PRN,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    config: TrainConfig,
+    transform: AnomalyTransform,
+) -> None:
+    _save_atomic(
+        {
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "config": config.to_dict(),
+            "recipe": json.dumps(_recipe_dict(transform)),
+            "anomgen_version": anomgen.__version__,
+        },
+        path,
+    )
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: PRN, split: Split, config: TrainConfig, device: torch.device, out: Path
+) -> dict[str, Any]:
+    """Metrics on the test set at ``image_size`` (masks resized with nearest neighbour)."""
+    model.eval()
+    scores, maps, masks = [], [], []
+    for start in tqdm(range(0, len(split.test), 16), desc="evaluate", unit="batch"):
+        chunk = split.test[start : start + 16]
+        images, chunk_masks = _load_split_images(chunk, config.image_size)
+        probabilities = model.anomaly_map(images.to(device)).float()
+        scores.append(model.image_score(probabilities).cpu())
+        maps.append(probabilities[:, 0].cpu())
+        masks.append(chunk_masks[:, 0])
+    score = torch.cat(scores).numpy()
+    all_maps, all_masks = torch.cat(maps).numpy(), torch.cat(masks).numpy()
+    labels = np.array([r.label for r in split.test])
+    types = [r.defect_type for r in split.test]
+    metrics = evaluate(score, labels, all_maps, all_masks, types)
+    _write_heatmaps(split.test, score, all_maps, all_masks, labels, config, out)
+    return metrics
+
+
+def _overlay(image: torch.Tensor, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    rgb = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(rgb, 0.55, colour[:, :, ::-1], 0.45, 0)
+    edge = cv2.morphologyEx((mask > 0.5).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3)))
+    blended[edge > 0] = (255, 255, 255)
+    return np.concatenate([rgb, blended], axis=1)
+
+
+def _write_heatmaps(
+    records: Sequence[Record],
+    scores: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    out: Path,
+) -> None:
+    """Heatmap overlays: best-detected and most-missed anomalies, and worst false alarms."""
+    from PIL import Image
+
+    folder = out / "heatmaps"
+    folder.mkdir(exist_ok=True)
+    anomalies = np.flatnonzero(labels == 1)
+    normals = np.flatnonzero(labels == 0)
+    groups = {
+        "detected_anomalies": anomalies[np.argsort(-scores[anomalies])][: config.heatmaps],
+        "missed_anomalies": anomalies[np.argsort(scores[anomalies])][: config.heatmaps],
+        "false_alarms": normals[np.argsort(-scores[normals])][: config.heatmaps],
+    }
+    for name, indices in groups.items():
+        if len(indices) == 0:
+            continue
+        rows = []
+        for i in indices:
+            image = load_image(records[i].image, config.image_size)
+            row = _overlay(image, maps[i], masks[i])
+            cv2.putText(
+                row, f"{records[i].defect_type} {scores[i]:.3f}", (4, 14),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA,
+            )
+            rows.append(row)
+        grid = np.concatenate(rows, axis=0)
+        save_png_atomic(Image.fromarray(grid), folder / f"{name}.png")
+
+
+def _summary(metrics: dict[str, Any], config: TrainConfig, split: Split) -> str:
+    keys = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"]
+    lines = [
+        f"# PRN run: {config.dataset}" + (f" / {config.category}" if config.category else ""),
+        "",
+        f"backbone `{config.backbone}`, image size {config.image_size}, {config.steps} steps, "
+        f"batch {config.batch_size}, seed {config.seed}, {len(split.few_shot)} real anomalies "
+        f"(removed from the test set), {len(split.train_normal)} normal training images, "
+        f"{len(split.test)} test images.",
+        "",
+        "| scope | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        "| all | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |",
+    ]
+    for name, values in metrics.get("per_defect_type", {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in keys) + " |")
+    lines += ["", f"Training took {metrics.get('train_seconds', 'n/a')} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real data beside the checkout, skipped cleanly when absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def texture_dir(tmp_path: Path) -> Path:
+    """A small folder of strongly patterned RGB textures."""
+    from PIL import Image
+
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        checker = (np.indices((64, 64)).sum(0) // (4 + 2 * i) % 2) * 255
+        rgb = np.stack([checker, 255 - checker, rng.integers(0, 255, (64, 64))], -1)
+        Image.fromarray(rgb.astype(np.uint8)).save(folder / f"tex_{i}.png")
+    return folder
+
+
+@pytest.fixture
+def normal_dir(tmp_path: Path) -> Path:
+    """A folder of smooth grayscale 'normal' images."""
+    from PIL import Image
+
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for i in range(4):
+        ramp = np.linspace(60 + 10 * i, 160, 48 * 40).reshape(48, 40)
+        Image.fromarray(ramp.astype(np.uint8)).save(folder / f"img_{i}.png")
+    return folder
+
+
+def random_image(channels: int = 3, height: int = 64, width: int = 64, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((channels, height, width), generator=generator) * 0.6 + 0.2

@@ -1,0 +1,92 @@
+"""`anomgen preview` and `anomgen list`, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from anomgen import OneOf, PerlinTexturePaste
+from anomgen.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "anomgen", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_preview_writes_grid(normal_dir, texture_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    code = main(
+        ["preview", "--images", str(normal_dir), "--textures", str(texture_dir), "-n", "6",
+         "--size", "64", "--seed", "1", "--out", str(out)]
+    )
+    assert code == 0
+    grid = np.asarray(Image.open(out))
+    # 4 columns at most, each cell is three 64 px tiles; 2 rows of 6 samples.
+    assert grid.shape[1] >= 4 * 3 * 64 and grid.shape[0] >= 2 * 64
+    assert (grid[..., 0] == 255).any() and (grid[..., 1] == 40).any()  # red outlines drawn
+
+
+def test_preview_from_config(normal_dir, tmp_path):
+    config = tmp_path / "mix.yaml"
+    config.write_text(yaml.safe_dump(OneOf([PerlinTexturePaste()]).to_dict()))
+    out = tmp_path / "grid.png"
+    assert main(["preview", "--images", str(normal_dir), "--config", str(config),
+                 "-n", "2", "--size", "32", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_bad_input_exits_with_one_line_and_no_file(tmp_path, normal_dir):
+    out = tmp_path / "grid.png"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ["preview", "--images", str(empty), "--out", str(out)],
+        ["preview", "--images", str(normal_dir), "--preset", "nope", "--out", str(out)],
+        ["preview", "--images", str(normal_dir), "--preset", "prn", "--out", str(out)],
+    ]
+    for args in cases:
+        result = _run(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("anomgen: error:"), result.stderr
+        assert not out.exists()
+    (normal_dir / "broken.png").write_bytes(b"not an image")
+    result = _run("preview", "--images", str(normal_dir), "-n", "8", "--size", "32",
+                  "--out", str(out))
+    assert result.returncode == 2 and "broken.png" in result.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_list_and_help():
+    listing = _run("list")
+    assert listing.returncode == 0
+    for name in ("PerlinTexturePaste", "CutPaste", "SeenAnomalyPaste", "draem", "prn"):
+        assert name in listing.stdout
+    help_text = _run("preview", "--help").stdout
+    for option in ("--images", "--preset", "--config", "--textures", "--anomalies", "--masks",
+                   "-n", "--size", "--seed", "--out"):
+        assert option in help_text
+
+
+def test_preview_on_real_data(shared_data: Path, tmp_path):
+    """The prn preset on MTD: real Blowhole defects pasted onto normal tiles, DTD textures."""
+    import shutil
+
+    mtd = shared_data / "mtd"
+    anomalies = tmp_path / "anomalies"
+    anomalies.mkdir()
+    for image in sorted((mtd / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:3]:
+        shutil.copy(image, anomalies / image.name)
+        shutil.copy(image.with_suffix(".png"), anomalies / image.with_suffix(".png").name)
+    out = tmp_path / "mtd.png"
+    code = main(["preview", "--images", str(mtd / "MT_Free" / "Imgs"), "--preset", "prn",
+                 "--anomalies", str(anomalies), "--textures", str(shared_data / "dtd"),
+                 "-n", "4", "--size", "64", "--out", str(out)])
+    assert code == 0 and out.is_file()

@@ -1,0 +1,207 @@
+"""The sample contract every transform honours, checked on the Perlin texture paste and on
+the combinators (strategy-specific suites check the other transforms)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from anomgen import (
+    Compose,
+    Normal,
+    OneOf,
+    PerlinTexturePaste,
+    RandomApply,
+    SomeOf,
+    SynthesisDataset,
+    TexturePool,
+    from_dict,
+)
+from tests.conftest import random_image
+
+
+def _flat_textured_pool() -> TexturePool:
+    checker = (torch.arange(64).view(1, 64) // 4 + torch.arange(64).view(64, 1) // 4) % 2
+    return TexturePool([checker.float().expand(3, 64, 64).clone()])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    channels=st.sampled_from([1, 3]),
+    height=st.integers(8, 96),
+    width=st.integers(8, 96),
+    seed=st.integers(0, 2**31),
+)
+def test_invariants(channels, height, width, seed):
+    transform = PerlinTexturePaste(textures=_flat_textured_pool())
+    image = random_image(channels, height, width, seed % 1000)
+    result = transform(image, seed=seed)
+    mask = result.mask
+    assert result.image.shape == image.shape and mask.shape == (1, height, width)
+    assert mask.min() >= 0 and mask.max() <= 1
+    outside = (mask == 0).expand_as(image)
+    assert torch.equal(result.image[outside], image[outside])
+    if result.meta["anomalous"]:
+        inside = (mask > 0).expand_as(image)
+        assert (result.image[inside] - image[inside]).abs().max() > 0
+    else:
+        assert mask.sum() == 0
+    assert result.meta["strategy"] == "PerlinTexturePaste"
+    json.dumps(result.meta)  # parameters are plain values
+
+
+def test_texture_is_really_visible():
+    """A checkerboard texture on a flat grey image changes masked pixels a lot, on every scale.
+
+    A public PRN re-implementation mixed uint8 and [0, 1] images here and the texture vanished.
+    """
+    transform = PerlinTexturePaste(textures=_flat_textured_pool(), n_augmenters=0)
+    grey = torch.full((3, 64, 64), 0.5)
+    changes = []
+    for seed in range(20):
+        result = transform(grey, seed=seed)
+        inside = result.mask[0] > 0
+        beta = result.meta["params"]["beta"]
+        # The texture is 0 or 1: every masked pixel moves by (1 - beta) * 0.5 from grey.
+        changes.append((result.image[:, inside] - 0.5).abs().mean().item() / (0.5 * (1 - beta)))
+    assert np.allclose(changes, 1.0, atol=1e-5)
+
+
+def test_self_texture_without_pool():
+    image = random_image(3, 48, 48)
+    result = PerlinTexturePaste()(image, seed=1)
+    assert result.meta["params"]["texture"] == -1
+    assert result.meta["anomalous"]
+
+
+def test_seed_determinism_and_replay():
+    transform = PerlinTexturePaste(textures=_flat_textured_pool())
+    image = random_image(3, 64, 64)
+    a, b = transform(image, seed=7), transform(image, seed=7)
+    assert torch.equal(a.image, b.image) and a.meta == b.meta
+    replayed = transform.replay(image, json.loads(json.dumps(a.meta["params"])))
+    assert torch.equal(replayed.image, a.image) and torch.equal(replayed.mask, a.mask)
+    assert not torch.equal(transform(image, seed=8).image, a.image)
+
+
+def test_batch_equals_single_calls():
+    transform = OneOf([Normal(), PerlinTexturePaste(textures=_flat_textured_pool())])
+    batch = torch.stack([random_image(3, 40, 56, seed=i) for i in range(6)])
+    seeds = [11, 12, 13, 14, 15, 16]
+    together = transform(batch, seeds=seeds)
+    assert together.image.shape == batch.shape and together.mask.shape == (6, 1, 40, 56)
+    for i in range(6):
+        alone = transform(batch[i], seed=seeds[i])
+        assert torch.equal(alone.image, together.image[i])
+        assert alone.meta == together.meta[i]
+
+
+def test_numpy_and_pil_round_trip():
+    transform = PerlinTexturePaste(textures=_flat_textured_pool())
+    rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    out = transform(rgb, seed=0)
+    assert isinstance(out.image, np.ndarray) and out.image.dtype == np.uint8
+    assert out.image.shape == rgb.shape and out.mask.shape == (40, 50)
+    gray = rgb[:, :, 0]
+    assert transform(gray, seed=0).image.shape == gray.shape
+    pil = transform(Image.fromarray(gray), seed=0)
+    assert isinstance(pil.image, Image.Image) and pil.image.mode == "L"
+    assert np.array_equal(np.asarray(pil.image), transform(gray, seed=0).image)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(2, 8, 8), "C in"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), "float"),
+        (torch.full((3, 8, 8), 2.0), r"\[0, 1\]"),
+        (np.zeros((8, 8, 3), dtype=np.float32), "uint8"),
+        ("image.png", "unsupported"),
+    ],
+)
+def test_bad_input_is_rejected(bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Normal()(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_device():
+    image = random_image(3, 64, 64).cuda()
+    result = PerlinTexturePaste(textures=_flat_textured_pool())(image, seed=0)
+    assert result.image.is_cuda and result.mask.is_cuda
+
+
+def test_combinators():
+    paste = PerlinTexturePaste(textures=_flat_textured_pool())
+    image = random_image(3, 32, 32)
+    never = OneOf([Normal(), paste], weights=[1, 0])
+    assert all(not never(image, seed=s).meta["anomalous"] for s in range(10))
+    always = RandomApply(paste, p=1.0)
+    assert all(always(image, seed=s).meta["anomalous"] for s in range(10))
+    both = Compose([paste, paste])
+    result = both(image, seed=3)
+    assert result.meta["strategy"] == "PerlinTexturePaste+PerlinTexturePaste"
+    some = SomeOf([paste, Normal()], n=(2, 2))
+    assert len(some(image, seed=1).meta["params"]["steps"]) == 2
+    # A 50/50 mix is about half anomalous.
+    mix = OneOf([Normal(), paste])
+    share = np.mean([mix(image, seed=s).meta["anomalous"] for s in range(200)])
+    assert 0.35 < share < 0.65
+
+
+def test_combinator_errors():
+    with pytest.raises(ValueError, match="weights"):
+        OneOf([Normal()], weights=[1, 2])
+    with pytest.raises(ValueError, match="at least one"):
+        Compose([])
+    with pytest.raises(ValueError, match="p must"):
+        RandomApply(Normal(), p=2)
+    with pytest.raises(ValueError, match="unknown transform"):
+        from_dict({"type": "Nope"})
+    with pytest.raises(ValueError, match="has no parameter"):
+        from_dict({"type": "Normal", "bogus": 1})
+
+
+def test_dict_round_trip_through_yaml(texture_dir):
+    transform = OneOf(
+        [Normal(), RandomApply(PerlinTexturePaste(textures=texture_dir, opacity=(0.1, 0.5)), p=0.7)],
+        weights=[1, 3],
+    )
+    config = yaml.safe_load(yaml.safe_dump(transform.to_dict()))
+    rebuilt = from_dict(config)
+    assert rebuilt.to_dict() == transform.to_dict()
+    image = random_image(3, 40, 40)
+    assert torch.equal(rebuilt(image, seed=5).image, transform(image, seed=5).image)
+
+
+def test_dataset_is_independent_of_workers(normal_dir):
+    transform = OneOf([Normal(), PerlinTexturePaste()])
+    dataset = SynthesisDataset(normal_dir, transform, size=32, seed=3)
+
+    def collect(workers: int):
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers)
+        return torch.cat([b["image"] for b in loader]), [s for b in loader for s in b["strategy"]]
+
+    single, strategies = collect(0)
+    multi, strategies_multi = collect(2)
+    assert torch.equal(single, multi) and strategies == strategies_multi
+    item = dataset[1]
+    assert item["image"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
+    assert torch.equal(dataset[(1, 0)]["image"], item["image"])
+    dataset.set_epoch(1)
+    assert item["label"].item() in (0.0, 1.0)
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no images"):
+        SynthesisDataset(tmp_path, Normal())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SynthesisDataset(tmp_path / "missing", Normal())
