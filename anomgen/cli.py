@@ -1,4 +1,4 @@
-"""The ``anomgen`` command: ``anomgen preview`` renders samples, ``anomgen list`` lists transforms."""
+"""The ``anomgen`` command: ``preview`` renders samples, ``list`` lists transforms."""
 
 from __future__ import annotations
 

@@ -132,12 +132,16 @@ def to_tensor_image(image: Any) -> tuple[torch.Tensor, _InputKind]:
             raise ValueError(f"tensor images must be float in [0, 1], got dtype {image.dtype}")
         if image.ndim not in (3, 4) or image.shape[-3] not in (1, 3):
             raise ValueError(
-                f"tensor images must be (C,H,W) or (B,C,H,W) with C in {{1,3}}, got {tuple(image.shape)}"
+                "tensor images must be (C,H,W) or (B,C,H,W) with C in {1,3}, "
+                f"got {tuple(image.shape)}"
             )
         if image.shape[-1] < 2 or image.shape[-2] < 2:
             raise ValueError(f"images must be at least 2x2, got {tuple(image.shape)}")
-        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ValueError("tensor images must hold finite values in [0, 1]")
+        low, high = torch.aminmax(image)  # NaN fails both tests; faster than isfinite
+        if not (bool(low >= 0) and bool(high <= 1)):
+            raise ValueError(
+                f"tensor images must hold finite values in [0, 1], got [{float(low)}, {float(high)}]"
+            )
         kind = _InputKind("tensor", image.ndim == 4, image.dtype, image.device)
         batch = image if image.ndim == 4 else image.unsqueeze(0)
         return batch.float(), kind
@@ -149,7 +153,9 @@ def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
         array = array[:, :, None]
     if min(array.shape[:2]) < 2:
         raise ValueError(f"images must be at least 2x2, got {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float() / 255.0
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, copy=True)  # PIL arrays are read-only; torch needs writable
+    return torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255.0
 
 
 def _from_tensor(images: torch.Tensor, masks: torch.Tensor, kind: _InputKind) -> tuple[Any, Any]:
@@ -187,7 +193,9 @@ class AnomalyTransform:
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         raise NotImplementedError
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(image, mask)``: the changed (C,H,W) image and its (1,H,W) mask."""
         raise NotImplementedError
 
@@ -214,7 +222,7 @@ class AnomalyTransform:
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
     ) -> Synthesis:
-        """Synthesize from ``image``; ``seed`` for one image, ``seeds`` (one per sample) for a batch.
+        """Synthesize from ``image``: ``seed`` for one image, ``seeds`` (one each) for a batch.
 
         With a batch and only ``seed``, sample ``i`` uses ``derive_seed(seed, i)``. Masks can
         come out empty (a Perlin threshold above every noise value, say): such a sample is
@@ -226,18 +234,17 @@ class AnomalyTransform:
         generators = [make_generator(s) for s in seeds]
         params = [self.sample_params(img, g) for img, g in zip(batch, generators)]
         images, masks = self.apply_batch(batch, params)
+        flags = _anomalous_flags(batch, images, masks)
         for _ in range(_MAX_ATTEMPTS - 1):
-            retry = [
-                i
-                for i, p in enumerate(params)
-                if self.expects_anomaly(p) and not _is_anomalous(batch[i], images[i], masks[i])
-            ]
+            retry = [i for i, p in enumerate(params) if self.expects_anomaly(p) and not flags[i]]
             if not retry:
                 break
             for i in retry:
                 params[i] = self.sample_params(batch[i], generators[i])
             images[retry], masks[retry] = self.apply_batch(batch[retry], [params[i] for i in retry])
-        return self._finish(batch, images, masks, params, kind)
+            for i, flag in zip(retry, _anomalous_flags(batch[retry], images[retry], masks[retry])):
+                flags[i] = flag
+        return self._finish(images, masks, params, flags, kind)
 
     def replay(self, image: Any, params: dict[str, Any] | Sequence[dict[str, Any]]) -> Synthesis:
         """Apply logged parameters again (``meta["params"]`` of an earlier call)."""
@@ -246,19 +253,18 @@ class AnomalyTransform:
         if len(plist) != batch.shape[0]:
             raise ValueError(f"got {len(plist)} parameter sets for a batch of {batch.shape[0]}")
         images, masks = self.apply_batch(batch, plist)
-        return self._finish(batch, images, masks, plist, kind)
+        return self._finish(images, masks, plist, _anomalous_flags(batch, images, masks), kind)
 
     def _finish(
         self,
-        batch: torch.Tensor,
         images: torch.Tensor,
         masks: torch.Tensor,
         params: list[dict[str, Any]],
+        flags: list[bool],
         kind: _InputKind,
     ) -> Synthesis:
         metas = []
-        for i, p in enumerate(params):
-            anomalous = _is_anomalous(batch[i], images[i], masks[i])
+        for i, (p, anomalous) in enumerate(zip(params, flags)):
             if not anomalous:
                 masks[i].zero_()
             metas.append({"anomalous": anomalous, "strategy": self.strategy(p), "params": p})
@@ -296,12 +302,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_anomalous(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> bool:
-    inside = mask > 0
-    if not bool(inside.any()):
-        return False
-    change = (after - before).abs().amax(dim=0, keepdim=True)
-    return bool(change[inside].max() > _MIN_CHANGE)
+def _anomalous_flags(before: torch.Tensor, after: torch.Tensor, masks: torch.Tensor) -> list[bool]:
+    """Per sample: does the mask mark a pixel whose value really changed?"""
+    change = ((after - before).abs_().amax(dim=1, keepdim=True) > _MIN_CHANGE) & (masks > 0)
+    return change.flatten(1).any(dim=1).tolist()
 
 
 def from_dict(config: dict[str, Any]) -> AnomalyTransform:
@@ -329,5 +333,3 @@ def check_range(name: str, value: Sequence[float], low: float, high: float) -> t
     if not (low <= lo <= hi <= high):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
     return lo, hi
-
-

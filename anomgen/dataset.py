@@ -41,7 +41,9 @@ class SynthesisDataset(Dataset):
         if not self.sources:
             raise ValueError("SynthesisDataset needs at least one normal image")
         if not isinstance(transform, AnomalyTransform):
-            raise ValueError(f"transform must be an anomgen transform, got {type(transform).__name__}")
+            raise ValueError(
+                f"transform must be an anomgen transform, got {type(transform).__name__}"
+            )
         self.transform = transform
         self.size = (size, size) if isinstance(size, int) else size
         self.channels = channels

@@ -87,9 +87,14 @@ def resize(image: torch.Tensor, size: tuple[int, int], nearest: bool = False) ->
     """Resize (C,H,W) to ``size`` = (H, W); masks use nearest so they stay binary."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    mode = "nearest" if nearest else "bilinear"
-    kwargs: dict[str, Any] = {} if nearest else {"align_corners": False, "antialias": True}
-    return F.interpolate(image[None], size=size, mode=mode, **kwargs)[0]
+    if nearest:
+        return F.interpolate(image[None], size=size, mode="nearest")[0]
+    # Antialiased resampling can overshoot [0, 1] by float error; downstream ops
+    # (gamma's log, say) need the range kept.
+    resized = F.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    return resized.clamp_(0.0, 1.0)
 
 
 def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -144,7 +149,9 @@ class TexturePool:
 
     def to_dict(self) -> str:
         if self.root is None:
-            raise ValueError("an in-memory texture pool cannot be serialised; build it from a folder")
+            raise ValueError(
+                "an in-memory texture pool cannot be serialised; build it from a folder"
+            )
         return self.root
 
 
@@ -170,7 +177,10 @@ class AnomalyPool:
             if masks is None or isinstance(masks, str | Path) or len(masks) != len(images):
                 raise ValueError("a list of anomaly image files needs a list of as many masks")
             pairs = [(Path(i), Path(m)) for i, m in zip(images, masks)]
-            self.source = {"images": [str(p) for p, _ in pairs], "masks": [str(m) for _, m in pairs]}
+            self.source = {
+                "images": [str(p) for p, _ in pairs],
+                "masks": [str(m) for _, m in pairs],
+            }
         else:
             pairs = None
         if pairs is not None:

@@ -7,8 +7,9 @@ input map is compared with its nearest prototype and the element-wise squared di
 
 Memory: ``PrototypeBank.fit`` writes the feature maps of all normal images straight into one
 preallocated (n, C*H*W) tensor per scale (no list of batches, no ``torch.cat``), and ``kmeans``
-only reads that tensor through row slices (views). Its temporaries are O(chunk_size * k) for
-distances and O(k * C*H*W) for the centres, so at most one copy of the feature bank is ever held.
+only reads that tensor through row slices (views), a few rows at a time. Its temporaries are
+one chunk of rows (about 2**24 elements, 64 MiB in float32, by default), a (chunk, k) distance
+block and O(k * C*H*W) for the centres, so at most one copy of the feature bank is ever held.
 """
 
 from __future__ import annotations
@@ -32,24 +33,36 @@ __all__ = [
 def num_prototypes(n_normal: int, ratio: float = 0.1) -> int:
     """Number of prototypes for ``n_normal`` images: ``max(1, round(ratio * n_normal))``.
 
-    PRN uses about 10 % of the normal images as prototypes (ratio 0.1).
+    PRN uses about 10 % of the normal images as prototypes (ratio 0.1). Halves round up
+    (25 images -> 3), unlike Python's round-half-to-even.
     """
     if isinstance(n_normal, bool) or not isinstance(n_normal, int) or n_normal < 1:
         raise ValueError(f"n_normal must be a positive int, got {n_normal!r}")
     if not isinstance(ratio, int | float) or not 0.0 < float(ratio) <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-    return max(1, round(ratio * n_normal))
+    return max(1, math.floor(ratio * n_normal + 0.5))
 
 
-def _squared_distances(points: Tensor, point_norms: Tensor, centres: Tensor) -> Tensor:
+# Rows per k-means chunk are chosen so that one chunk holds about this many elements.
+_CHUNK_ELEMENTS = 2**24
+
+
+def _squared_distances(
+    points: Tensor, point_norms: Tensor, centres: Tensor, centre_norms: Tensor | None = None
+) -> Tensor:
     """Squared L2 distances (rows of ``points`` x rows of ``centres``) via one matmul.
 
     Uses |x|^2 - 2 x.c + |c|^2 so no (n, k, D) difference tensor is formed; clamped at 0 because
-    the expansion can round slightly below zero.
+    the expansion can round slightly below zero. ``centre_norms`` (|c|^2) is computed if absent.
     """
-    centre_norms = centres.square().sum(dim=1)
+    if centre_norms is None:
+        centre_norms = centres.square().sum(dim=1)
     distances = point_norms[:, None] - 2.0 * (points @ centres.T) + centre_norms[None, :]
     return distances.clamp_min_(0.0)
+
+
+def _row_chunks(n: int, chunk_size: int) -> list[slice]:
+    return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
 
 
 def _assign(
@@ -58,10 +71,9 @@ def _assign(
     """Nearest centre and its squared distance for every bank row, ``chunk_size`` rows at once."""
     labels = torch.empty(bank.shape[0], dtype=torch.long, device=bank.device)
     min_distances = torch.empty(bank.shape[0], dtype=bank.dtype, device=bank.device)
-    for start in range(0, bank.shape[0], chunk_size):
-        stop = start + chunk_size
-        distances = _squared_distances(bank[start:stop], bank_norms[start:stop], centres)
-        min_distances[start:stop], labels[start:stop] = distances.min(dim=1)
+    for rows in _row_chunks(bank.shape[0], chunk_size):
+        distances = _squared_distances(bank[rows], bank_norms[rows], centres)
+        min_distances[rows], labels[rows] = distances.min(dim=1)
     return labels, min_distances
 
 
@@ -75,12 +87,9 @@ def _kmeans_plus_plus(
     centres[0] = bank[first]
     closest = torch.full((n,), math.inf, dtype=bank.dtype, device=bank.device)
     for index in range(1, k):
-        for start in range(0, n, chunk_size):
-            stop = start + chunk_size
-            new = _squared_distances(
-                bank[start:stop], bank_norms[start:stop], centres[index - 1 : index]
-            )
-            torch.minimum(closest[start:stop], new[:, 0], out=closest[start:stop])
+        for rows in _row_chunks(n, chunk_size):
+            new = _squared_distances(bank[rows], bank_norms[rows], centres[index - 1 : index])
+            torch.minimum(closest[rows], new[:, 0], out=closest[rows])
         if float(closest.sum()) > 0.0:
             chosen = int(torch.multinomial(closest, 1, generator=generator))
         else:  # every point already coincides with a centre: any point is as good as another
@@ -106,13 +115,15 @@ def kmeans(
     *,
     generator: torch.Generator,
     max_iter: int = 100,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cluster the rows of ``bank`` (n, D) into ``k`` centres with k-means++ and Lloyd steps.
 
     Deterministic for a given ``generator`` state (only it is used for the random choices, and
     centre sums are matmuls with a one-hot matrix rather than atomics). ``bank`` is read, never
-    copied: see the module docstring. Empty clusters are re-seeded deterministically.
+    copied, ``chunk_size`` rows at a time (default: about 2**24 elements per chunk); see the
+    module docstring. Lloyd steps stop when no assignment changes or after ``max_iter``. Empty
+    clusters are re-seeded deterministically.
 
     Returns ``(centres (k, D), labels (n,))``.
     """
@@ -121,20 +132,22 @@ def kmeans(
     n = bank.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, n={n}], got {k!r}")
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ELEMENTS // max(1, bank.shape[1]))
     if max_iter < 1 or chunk_size < 1:
         raise ValueError(f"max_iter and chunk_size must be >= 1, got {max_iter}, {chunk_size}")
-    if not torch.isfinite(bank).all():
-        raise ValueError("bank contains NaN or infinite values")
 
-    bank_norms = bank.square().sum(dim=1)
+    bank_norms = torch.empty(n, dtype=bank.dtype, device=bank.device)
+    for rows in _row_chunks(n, chunk_size):
+        bank_norms[rows] = bank[rows].square().sum(dim=1)
+    if not torch.isfinite(bank_norms).all():  # a NaN/inf anywhere in a row reaches its norm
+        raise ValueError("bank contains NaN or infinite values (or values too large to square)")
     centres = _kmeans_plus_plus(bank, bank_norms, k, generator, chunk_size)
     labels, min_distances = _assign(bank, bank_norms, centres, chunk_size)
     for _ in range(max_iter):
         sums = torch.zeros_like(centres)
-        for start in range(0, n, chunk_size):
-            stop = start + chunk_size
-            one_hot = nn.functional.one_hot(labels[start:stop], k).to(bank.dtype)
-            sums += one_hot.T @ bank[start:stop]
+        for rows in _row_chunks(n, chunk_size):
+            sums += nn.functional.one_hot(labels[rows], k).to(bank.dtype).T @ bank[rows]
         counts = torch.bincount(labels, minlength=k)
         filled = counts > 0
         centres[filled] = sums[filled] / counts[filled, None].to(bank.dtype)
@@ -156,11 +169,15 @@ class NearestPrototype(NamedTuple):
     residual: Tensor  # (B, C, H, W) = (features - nearest) ** 2
 
 
-def nearest_prototype(features: Tensor, prototypes: Tensor) -> NearestPrototype:
+def nearest_prototype(
+    features: Tensor, prototypes: Tensor, prototype_norms: Tensor | None = None
+) -> NearestPrototype:
     """For each map in ``features`` (B, C, H, W) find the closest of ``prototypes`` (K, C, H, W).
 
     Closeness is the L2 distance over the whole flattened map, as PRN matches entire normal
     feature maps; the residual is the element-wise squared difference to that prototype.
+    ``prototype_norms`` (K,), the prototypes' squared L2 norms, may be passed to save
+    recomputing them on every call.
     """
     if not isinstance(features, Tensor) or features.ndim != 4:
         raise ValueError(f"features must be a (B, C, H, W) tensor, got {_describe(features)}")
@@ -173,10 +190,20 @@ def nearest_prototype(features: Tensor, prototypes: Tensor) -> NearestPrototype:
             f"feature map shape {tuple(features.shape[1:])} does not match prototype shape "
             f"{tuple(prototypes.shape[1:])}"
         )
-    flat = features.flatten(1)
-    distances = _squared_distances(flat, flat.square().sum(dim=1), prototypes.flatten(1))
-    distance, index = distances.min(dim=1)
-    residual = (features - prototypes[index]).square()
+    # float32 even under mixed precision: in float16 the |x|^2 - 2 x.c + |c|^2 expansion over
+    # C*H*W elements overflows or cancels catastrophically.
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        features = features.float()
+        prototypes = prototypes.float()
+        flat = features.flatten(1)
+        distances = _squared_distances(
+            flat,
+            flat.square().sum(dim=1),
+            prototypes.flatten(1),
+            None if prototype_norms is None else prototype_norms.float(),
+        )
+        distance, index = distances.min(dim=1)
+        residual = (features - prototypes[index]).square()
     return NearestPrototype(index=index, distance=distance, residual=residual)
 
 
@@ -207,6 +234,8 @@ class PrototypeBank(nn.Module):
         self.feature_shapes: list[tuple[int, int, int]] = shapes  # type: ignore[assignment]
         for scale, (shape, count) in enumerate(zip(shapes, counts)):
             self.register_buffer(f"prototypes_{scale}", torch.zeros((count, *shape)))
+            # |prototype|^2, derived from the prototypes (hence not saved), cached for inference
+            self.register_buffer(f"norms_{scale}", torch.zeros(count), persistent=False)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -282,8 +311,13 @@ class PrototypeBank(nn.Module):
             del bank
             prototypes = centres.reshape(k, *self.feature_shapes[scale])
             setattr(self, f"prototypes_{scale}", prototypes.to(self.fitted.device))
+        self._update_norms()
         self.fitted.fill_(True)
         return self
+
+    def _update_norms(self) -> None:
+        for scale, prototypes in enumerate(self.prototypes):
+            setattr(self, f"norms_{scale}", prototypes.square().flatten(1).sum(dim=1))
 
     def residuals(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Residual ``(feature - nearest prototype) ** 2`` for each of the first n_scales maps."""
@@ -293,8 +327,8 @@ class PrototypeBank(nn.Module):
             )
         maps = self._check_features(features)
         return [
-            nearest_prototype(feature, prototypes.to(feature.dtype)).residual
-            for feature, prototypes in zip(maps, self.prototypes)
+            nearest_prototype(feature, prototypes, getattr(self, f"norms_{scale}")).residual
+            for scale, (feature, prototypes) in enumerate(zip(maps, self.prototypes))
         ]
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
@@ -311,6 +345,8 @@ class PrototypeBank(nn.Module):
                     resized = current.new_zeros((stored.shape[0], *shape))
                     setattr(self, f"prototypes_{scale}", resized)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+        with torch.no_grad():
+            self._update_norms()
 
 
 def _describe(value: object) -> str:

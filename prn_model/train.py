@@ -30,11 +30,19 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import anomgen
-from anomgen.preview import save_png_atomic
 from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
+from anomgen.preview import save_png_atomic
 from anomgen.transforms import CutPasteScar, Normal, OneOf, PerlinTexturePaste, SeenAnomalyPaste
-from prn_model.data import Record, Split, load_image, load_record, make_split
-from prn_model.data import read_folder, read_mtd, read_mvtec
+from prn_model.data import (
+    Record,
+    Split,
+    load_image,
+    load_record,
+    make_split,
+    read_folder,
+    read_mtd,
+    read_mvtec,
+)
 from prn_model.demo_data import build_demo_dataset
 from prn_model.loss import PRNLoss
 from prn_model.metrics import evaluate
@@ -170,7 +178,9 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     simulated = OneOf([PerlinTexturePaste(textures=config.textures), CutPasteScar()])
     if not split.few_shot:
         return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
-    pool = AnomalyPool([str(r.image) for r in split.few_shot], [str(r.mask) for r in split.few_shot])
+    pool = AnomalyPool(
+        [str(r.image) for r in split.few_shot], [str(r.mask) for r in split.few_shot]
+    )
     return OneOf(
         [Normal(), SeenAnomalyPaste(anomalies=pool), simulated],
         weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
@@ -201,7 +211,8 @@ class _StepBatches:
         for step in range(self.start, self.steps):
             epoch, offset = divmod(step, per_epoch)
             order = torch.randperm(
-                self.n, generator=torch.Generator().manual_seed(anomgen.derive_seed(self.seed, epoch))
+                self.n,
+                generator=torch.Generator().manual_seed(anomgen.derive_seed(self.seed, epoch)),
             )
             picks = [
                 int(order[(offset * self.batch_size + j) % self.n]) for j in range(self.batch_size)
@@ -252,7 +263,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
     differing = sorted(
-        k for k in set(saved) | set(current) if k not in _RESUMABLE_KEYS and saved.get(k) != current.get(k)
+        k
+        for k in set(saved) | set(current)
+        if k not in _RESUMABLE_KEYS and saved.get(k) != current.get(k)
     )
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
@@ -265,9 +278,7 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 # ------------------------------------------------------------------------------- training
 
 
-def _load_split_images(
-    records: Sequence[Record], size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_split_images(records: Sequence[Record], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, masks = zip(*(load_record(r, size) for r in records))
     return torch.stack(images), torch.stack(masks)
 
@@ -304,35 +315,22 @@ def _run(
     model_config = PRNConfig(
         backbone=config.backbone, image_size=config.image_size, top_k=config.top_k
     )
+    start, payload = 0, None
+    if resume and checkpoint_path.exists():
+        payload = load_checkpoint(checkpoint_path)
+        _check_same_run(payload["config"], config, checkpoint_path)
+        model_config = PRNConfig.from_dict(payload["model_config"])
     model = PRN(model_config, pretrained=config.pretrained, weights_path=config.weights)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-    )
-    start = 0
-    if resume and checkpoint_path.exists():
-        payload = load_checkpoint(checkpoint_path)
-        _check_same_run(payload["config"], config, checkpoint_path)
-        model = PRN(
-            PRNConfig.from_dict(payload["model_config"]),
-            pretrained=config.pretrained,
-            weights_path=config.weights,
-        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.steps))
+    if payload is not None:
+        # The scheduler exists before the optimizer state is loaded: creating it resets lr.
         model.load_state_dict(payload["model"])
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-        )
         optimizer.load_state_dict(payload["optimizer"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)),
-        )
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng"]["torch"])
         start = int(payload["step"])
@@ -352,7 +350,9 @@ def _run(
     criterion = PRNLoss()
     loader = DataLoader(
         dataset,
-        batch_sampler=_StepBatches(len(dataset), config.batch_size, config.steps, start, config.seed, dist_),
+        batch_sampler=_StepBatches(
+            len(dataset), config.batch_size, config.steps, start, config.seed, dist_
+        ),
         collate_fn=_collate,
         num_workers=config.num_workers,
     )
@@ -381,15 +381,52 @@ def _run(
             progress.close()
             return None
     progress.close()
+    fingerprints = _rank_fingerprints(model, dist_)
     if not dist_.main:
         return None
     train_seconds = time.perf_counter() - started
     metrics = evaluate_split(model, split, config, device, out)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["peak_rss_mib"] = _peak_rss_mib()
+    metrics["world_size"] = dist_.world
+    metrics["rank_fingerprints"] = fingerprints
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "summary.md").write_text(_summary(metrics, config, split))
     return metrics
+
+
+def _rank_fingerprints(model: PRN, dist_: _Dist) -> list[float]:
+    """A checksum of the trained state from every rank; DDP replicas must agree exactly.
+
+    DDP keeps parameters in step; BatchNorm running statistics follow each rank's own
+    last batch, so rank 0's are broadcast first and every rank ends with the same model.
+    """
+    if dist_.world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    state = model.state_dict()
+    local = torch.tensor(
+        [sum(float(v.double().abs().sum()) for v in state.values() if v.is_floating_point())],
+        dtype=torch.float64,
+        device=next(iter(state.values())).device,
+    )
+    if dist_.world == 1:
+        return [float(local)]
+    gathered = [torch.zeros_like(local) for _ in range(dist_.world)]
+    dist.all_gather(gathered, local)
+    values = [float(g) for g in gathered]
+    if len(set(values)) != 1:
+        raise RuntimeError(f"DDP ranks disagree after training: state checksums {values}")
+    return values
+
+
+def _cosine(steps: int):
+    """Cosine decay from the base learning rate to 0 over the fixed schedule."""
+
+    def factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+    return factor
 
 
 def _recipe_dict(transform: AnomalyTransform) -> dict[str, Any]:
@@ -492,8 +529,14 @@ def _write_heatmaps(
             image = load_image(records[i].image, config.image_size)
             row = _overlay(image, maps[i], masks[i])
             cv2.putText(
-                row, f"{records[i].defect_type} {scores[i]:.3f}", (4, 14),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA,
+                row,
+                f"{records[i].defect_type} {scores[i]:.3f}",
+                (4, 14),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (255, 255, 0),
+                1,
+                cv2.LINE_AA,
             )
             rows.append(row)
         grid = np.concatenate(rows, axis=0)
@@ -501,7 +544,15 @@ def _write_heatmaps(
 
 
 def _summary(metrics: dict[str, Any], config: TrainConfig, split: Split) -> str:
-    keys = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"]
+    keys = [
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_f1_max",
+        "aupro",
+    ]
     lines = [
         f"# PRN run: {config.dataset}" + (f" / {config.category}" if config.category else ""),
         "",

@@ -27,16 +27,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--normal-dir", help="folder dataset: normal images")
     parser.add_argument("--anomaly-dir", help="folder dataset: anomalous images")
     parser.add_argument("--mask-dir", help="folder dataset: masks (<name>.png or <name>_mask.png)")
-    parser.add_argument("--backbone", default=defaults.backbone,
-                        help="resnet18 | wide_resnet50_2 | efficientnet_lite0")
+    parser.add_argument(
+        "--backbone",
+        default=defaults.backbone,
+        help="resnet18 | wide_resnet50_2 | efficientnet_lite0",
+    )
     parser.add_argument("--weights", help="local backbone weights file (offline ResNet use)")
-    parser.add_argument("--no-pretrained", action="store_true",
-                        help="random backbone weights (tests only)")
-    parser.add_argument("--n-anomalies", type=int, default=defaults.n_anomalies,
-                        help="real anomalies drawn for training and removed from the test set")
+    parser.add_argument(
+        "--no-pretrained", action="store_true", help="random backbone weights (tests only)"
+    )
+    parser.add_argument(
+        "--n-anomalies",
+        type=int,
+        default=defaults.n_anomalies,
+        help="real anomalies drawn for training and removed from the test set",
+    )
     parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="global batch size (split across torchrun processes)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="global batch size (split across torchrun processes)",
+    )
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -46,12 +58,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", type=Path, default=Path("runs/prn"), help="output folder")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--stop-at-step", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     values = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
         if hasattr(args, f.name)
     }
     values["pretrained"] = not args.no_pretrained

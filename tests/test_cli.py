@@ -23,8 +23,21 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_preview_writes_grid(normal_dir, texture_dir, tmp_path):
     out = tmp_path / "grid.png"
     code = main(
-        ["preview", "--images", str(normal_dir), "--textures", str(texture_dir), "-n", "6",
-         "--size", "64", "--seed", "1", "--out", str(out)]
+        [
+            "preview",
+            "--images",
+            str(normal_dir),
+            "--textures",
+            str(texture_dir),
+            "-n",
+            "6",
+            "--size",
+            "64",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     grid = np.asarray(Image.open(out))
@@ -37,8 +50,24 @@ def test_preview_from_config(normal_dir, tmp_path):
     config = tmp_path / "mix.yaml"
     config.write_text(yaml.safe_dump(OneOf([PerlinTexturePaste()]).to_dict()))
     out = tmp_path / "grid.png"
-    assert main(["preview", "--images", str(normal_dir), "--config", str(config),
-                 "-n", "2", "--size", "32", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "preview",
+                "--images",
+                str(normal_dir),
+                "--config",
+                str(config),
+                "-n",
+                "2",
+                "--size",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 
@@ -58,8 +87,9 @@ def test_bad_input_exits_with_one_line_and_no_file(tmp_path, normal_dir):
         assert len(lines) == 1 and lines[0].startswith("anomgen: error:"), result.stderr
         assert not out.exists()
     (normal_dir / "broken.png").write_bytes(b"not an image")
-    result = _run("preview", "--images", str(normal_dir), "-n", "8", "--size", "32",
-                  "--out", str(out))
+    result = _run(
+        "preview", "--images", str(normal_dir), "-n", "8", "--size", "32", "--out", str(out)
+    )
     assert result.returncode == 2 and "broken.png" in result.stderr
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
@@ -70,8 +100,18 @@ def test_list_and_help():
     for name in ("PerlinTexturePaste", "CutPaste", "SeenAnomalyPaste", "draem", "prn"):
         assert name in listing.stdout
     help_text = _run("preview", "--help").stdout
-    for option in ("--images", "--preset", "--config", "--textures", "--anomalies", "--masks",
-                   "-n", "--size", "--seed", "--out"):
+    for option in (
+        "--images",
+        "--preset",
+        "--config",
+        "--textures",
+        "--anomalies",
+        "--masks",
+        "-n",
+        "--size",
+        "--seed",
+        "--out",
+    ):
         assert option in help_text
 
 
@@ -86,7 +126,23 @@ def test_preview_on_real_data(shared_data: Path, tmp_path):
         shutil.copy(image, anomalies / image.name)
         shutil.copy(image.with_suffix(".png"), anomalies / image.with_suffix(".png").name)
     out = tmp_path / "mtd.png"
-    code = main(["preview", "--images", str(mtd / "MT_Free" / "Imgs"), "--preset", "prn",
-                 "--anomalies", str(anomalies), "--textures", str(shared_data / "dtd"),
-                 "-n", "4", "--size", "64", "--out", str(out)])
+    code = main(
+        [
+            "preview",
+            "--images",
+            str(mtd / "MT_Free" / "Imgs"),
+            "--preset",
+            "prn",
+            "--anomalies",
+            str(anomalies),
+            "--textures",
+            str(shared_data / "dtd"),
+            "-n",
+            "4",
+            "--size",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and out.is_file()

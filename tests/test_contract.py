@@ -172,7 +172,10 @@ def test_combinator_errors():
 
 def test_dict_round_trip_through_yaml(texture_dir):
     transform = OneOf(
-        [Normal(), RandomApply(PerlinTexturePaste(textures=texture_dir, opacity=(0.1, 0.5)), p=0.7)],
+        [
+            Normal(),
+            RandomApply(PerlinTexturePaste(textures=texture_dir, opacity=(0.1, 0.5)), p=0.7),
+        ],
         weights=[1, 3],
     )
     config = yaml.safe_load(yaml.safe_dump(transform.to_dict()))

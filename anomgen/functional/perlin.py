@@ -103,7 +103,11 @@ def perlin_noise(
         canvas = _canvas([plans[i] for i in members], extent, device)
         if grid is not None:
             out[members] = F.grid_sample(
-                canvas[:, None], grid[members], mode="bilinear", padding_mode="border", align_corners=False
+                canvas[:, None],
+                grid[members],
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=False,
             )[:, 0]
             continue
         # On the CPU OpenCV's warp is several times faster than building a sampling grid.

@@ -39,7 +39,9 @@ class Normal(AnomalyTransform):
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         return {}
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return image.clone(), image.new_zeros((1, *image.shape[1:]))
 
 
@@ -70,7 +72,9 @@ class Compose(AnomalyTransform):
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         return {"steps": [t.sample_params(image, generator) for t in self.transforms]}
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return _sequential(self.transforms, image, list(enumerate(params["steps"])))
 
     def strategy(self, params: dict[str, Any]) -> str:
@@ -98,7 +102,9 @@ class OneOf(AnomalyTransform):
                 f"got {len(self.weights)} weights for {len(self.transforms)} transforms"
             )
         if min(self.weights) < 0 or sum(self.weights) <= 0:
-            raise ValueError(f"weights must be non-negative with a positive sum, got {self.weights}")
+            raise ValueError(
+                f"weights must be non-negative with a positive sum, got {self.weights}"
+            )
         self._probabilities = torch.tensor(self.weights, dtype=torch.float64) / sum(self.weights)
         self.preserves_outside = all(t.preserves_outside for t in self.transforms)
 
@@ -106,7 +112,9 @@ class OneOf(AnomalyTransform):
         index = int(torch.multinomial(self._probabilities, 1, generator=generator))
         return {"index": index, "params": self.transforms[index].sample_params(image, generator)}
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transforms[params["index"]].apply(image, params["params"])
 
     def apply_batch(
@@ -142,7 +150,9 @@ class SomeOf(AnomalyTransform):
         self.transforms = _children(self.transforms)
         low, high = (int(v) for v in self.n)
         if not 0 <= low <= high <= len(self.transforms):
-            raise ValueError(f"n must satisfy 0 <= min <= max <= {len(self.transforms)}, got {self.n}")
+            raise ValueError(
+                f"n must satisfy 0 <= min <= max <= {len(self.transforms)}, got {self.n}"
+            )
         self.n = (low, high)
         self.preserves_outside = all(t.preserves_outside for t in self.transforms)
 
@@ -150,11 +160,11 @@ class SomeOf(AnomalyTransform):
         count = random_int(generator, *self.n)
         order = torch.randperm(len(self.transforms), generator=generator)[:count]
         chosen = sorted(int(i) for i in order)
-        return {
-            "steps": [[i, self.transforms[i].sample_params(image, generator)] for i in chosen]
-        }
+        return {"steps": [[i, self.transforms[i].sample_params(image, generator)] for i in chosen]}
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return _sequential(self.transforms, image, [(i, p) for i, p in params["steps"]])
 
     def strategy(self, params: dict[str, Any]) -> str:
@@ -186,7 +196,9 @@ class RandomApply(AnomalyTransform):
             "params": self.transform.sample_params(image, generator) if applied else {},
         }
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not params["applied"]:
             return Normal().apply(image, {})
         return self.transform.apply(image, params["params"])

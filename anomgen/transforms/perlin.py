@@ -118,12 +118,16 @@ class PerlinTexturePaste(AnomalyTransform):
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         params = self._masks.sample_params(generator)
-        params["texture"] = -1 if self._pool is None else random_int(generator, 0, len(self._pool) - 1)
+        params["texture"] = (
+            -1 if self._pool is None else random_int(generator, 0, len(self._pool) - 1)
+        )
         params["augmenters"] = sample_augmenters(generator, image.shape[0], k=self.n_augmenters)
         params["beta"] = random_uniform(generator, *self.opacity)
         return params
 
-    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = self.apply_batch(image[None], [params])
         return images[0], masks[0]
 
@@ -132,15 +136,14 @@ class PerlinTexturePaste(AnomalyTransform):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         size, channels, device = images.shape[-2:], images.shape[1], images.device
         masks = self._masks.masks(tuple(size), params, device)
-        textures = torch.stack(
-            [
-                apply_augmenters(self._texture(image, p["texture"], size, channels), p["augmenters"])
-                for image, p in zip(images, params)
-            ]
-        )
-        keep = torch.tensor([p["beta"] for p in params], device=device).view(-1, 1, 1, 1)
-        out = images + masks * (1 - keep) * (textures - images)
-        return out, masks
+        textures = [
+            apply_augmenters(self._texture(image, p["texture"], size, channels), p["augmenters"])
+            for image, p in zip(images, params)
+        ]
+        textures = textures[0][None] if len(textures) == 1 else torch.stack(textures)
+        opacity = torch.tensor([1 - p["beta"] for p in params], device=device).view(-1, 1, 1, 1)
+        # image * beta + texture * (1 - beta) inside the mask, the image itself outside.
+        return torch.lerp(images, textures, masks * opacity), masks
 
     def _texture(self, image: torch.Tensor, index: int, size, channels: int) -> torch.Tensor:
         if index < 0:

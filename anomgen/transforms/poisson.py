@@ -1,0 +1,116 @@
+"""NSA-style Poisson patches (Schlueter et al., "Natural Synthetic Anomalies", ECCV 2022).
+
+A rectangle from another normal image (or elsewhere in the same one) is blended in with
+Poisson image editing, so it carries the source's texture and structure but takes on
+the target's brightness: a subtle, "natural" local irregularity instead of a pasted
+foreign block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.functional.blend import poisson_blend
+from anomgen.io import TexturePool, resize
+from anomgen.transforms.seen import check_foreground, sample_position
+
+__all__ = ["PoissonPatch"]
+
+
+@register
+@dataclass
+class PoissonPatch(AnomalyTransform):
+    """A rectangle of a normal image, optionally rescaled, Poisson-blended into the image.
+
+    ``sources`` is a folder of normal images (decoded once into memory as a
+    ``TexturePool`` and resized to each target's size, so a patch keeps its scale), a
+    ``TexturePool``, or None to take the rectangle from the image itself at another
+    random place. The rectangle's ``width`` and ``height`` are fractions of the image's
+    (0.1-0.4; NSA draws from 0.03-0.4 per class), then it is rescaled by a factor from
+    ``rescale`` (NSA: 0.7-1.3; (1, 1) turns it off). Its centre lands on a random pixel
+    of the foreground (``foreground``, ``foreground_threshold``, ``foreground_invert``
+    as in ``SeenAnomalyPaste``). One patch per sample; NSA's intensity-based soft labels
+    are replaced by a binary mask of the pixels that changed by more than one grey level
+    (which can reach a few pixels beyond the rectangle, where the blend evens out the
+    brightness); every other pixel is untouched.
+    """
+
+    sources: str | Path | TexturePool | None = None
+    width: tuple[float, float] = (0.1, 0.4)
+    height: tuple[float, float] = (0.1, 0.4)
+    rescale: tuple[float, float] = (0.7, 1.3)
+    foreground: str = "none"
+    foreground_threshold: float | None = None
+    foreground_invert: bool = False
+    _pool: TexturePool | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.width = check_range("width", self.width, 0.0, 1.0)
+        self.height = check_range("height", self.height, 0.0, 1.0)
+        if self.width[0] <= 0 or self.height[0] <= 0:
+            raise ValueError(f"width and height must be positive, got {self.width}, {self.height}")
+        self.rescale = check_range("rescale", self.rescale, 0.01, 100.0)
+        check_foreground(self.foreground, self.foreground_threshold)
+        self.foreground_invert = bool(self.foreground_invert)
+        if self.sources is None or isinstance(self.sources, TexturePool):
+            self._pool = self.sources
+        elif isinstance(self.sources, str | Path):
+            self._pool = TexturePool(self.sources)
+            self.sources = str(self.sources)
+        else:
+            raise ValueError(
+                f"sources must be a folder, a TexturePool or None, got {self.sources!r:.80}"
+            )
+
+    def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        height, width = image.shape[-2:]
+        source = -1 if self._pool is None else random_int(generator, 0, len(self._pool) - 1)
+        box_h = min(height, max(1, round(random_uniform(generator, *self.height) * height)))
+        box_w = min(width, max(1, round(random_uniform(generator, *self.width) * width)))
+        return {
+            "source": source,
+            "box": [
+                random_int(generator, 0, height - box_h),
+                random_int(generator, 0, width - box_w),
+                box_h,
+                box_w,
+            ],
+            "rescale": random_uniform(generator, *self.rescale),
+            "center": sample_position(
+                image, generator, self.foreground, self.foreground_threshold, self.foreground_invert
+            ),
+        }
+
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        channels, height, width = image.shape
+        top, left, box_h, box_w = (int(v) for v in params["box"])
+        if (
+            box_h < 1
+            or box_w < 1
+            or top < 0
+            or left < 0
+            or top + box_h > height
+            or left + box_w > width
+        ):
+            raise ValueError(f"box {params['box']!r} does not fit a {height}x{width} image")
+        index = int(params["source"])
+        if index < 0:
+            source = image
+        elif self._pool is None or index >= len(self._pool):
+            raise ValueError(
+                f"parameters name source {index} but this transform has no such source"
+            )
+        else:
+            source = self._pool.get(index, (height, width), channels, image.device)
+        patch = source[:, top : top + box_h, left : left + box_w]
+        size = (max(1, round(box_h * params["rescale"])), max(1, round(box_w * params["rescale"])))
+        patch = resize(patch, size).clamp(0, 1)
+        mask = torch.ones_like(patch[:1])
+        return poisson_blend(image, patch, mask, params["center"])

@@ -1,0 +1,94 @@
+"""Synthesis throughput per anomgen preset at 256x256 RGB, single-threaded.
+
+Prints images/second one image at a time and in batches of 32, with the texture pool
+already decoded (as the reference figures for DRAEM and anomalib were measured).
+Textures: ../shared/data/dtd when present, else scikit-image's CC0 textures. Real
+anomalies for the prn preset: a few MTD defects when present, else drawn blobs.
+
+    python benchmarks/bench_synthesis.py [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomgen import build_preset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _texture_dir(tmp: Path) -> Path:
+    if (SHARED / "dtd").is_dir():
+        return SHARED / "dtd"
+    import skimage.data
+
+    folder = tmp / "textures"
+    folder.mkdir()
+    for name in ("brick", "grass", "gravel"):
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+def _anomaly_dir(tmp: Path) -> Path:
+    folder = tmp / "anomalies"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        image = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((256, 256), np.uint8)
+        mask[100 + i : 140 + i, 90:150] = 255
+        Image.fromarray(image).save(folder / f"defect_{i}.jpg")
+        Image.fromarray(mask).save(folder / f"defect_{i}.png")
+    return folder
+
+
+def _rate(fn, seconds: float, per_call: int) -> float:
+    fn()  # warm-up (caches resized textures)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        count += per_call
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folders = {"textures": _texture_dir(tmp), "anomalies": _anomaly_dir(tmp)}
+        images = torch.rand((args.batch, 3, 256, 256), generator=torch.Generator().manual_seed(0))
+        print(
+            f"torch {torch.__version__}, 1 thread, 256x256 RGB, textures from {folders['textures']}"
+        )
+        print(f"{'preset':<10} {'one at a time':>16} {'batch of ' + str(args.batch):>16}")
+        for name in ("draem", "cutpaste", "prn"):
+            transform = build_preset(name, **folders)
+            seeds = iter(range(10**9))
+
+            def one(t=transform, s=seeds):
+                return t(images[0], seed=next(s))
+
+            def batch(t=transform, s=seeds):
+                return t(images, seeds=[next(s) for _ in range(args.batch)])
+
+            single = _rate(one, args.seconds, 1)
+            batched = _rate(batch, args.seconds, args.batch)
+            print(f"{name:<10} {single:>12.0f} im/s {batched:>12.0f} im/s")
+
+
+if __name__ == "__main__":
+    main()

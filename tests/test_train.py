@@ -1,0 +1,131 @@
+"""End-to-end runs of the training recipe on tiny images (pretrained=False, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prn_model.train import TrainConfig, load_checkpoint, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = dict(
+        dataset="demo",
+        backbone="resnet18",
+        pretrained=False,
+        image_size=64,
+        steps=6,
+        batch_size=4,
+        n_anomalies=3,
+        checkpoint_every=2,
+        heatmaps=2,
+        device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_smoke_run_writes_all_outputs(tmp_path):
+    metrics = run(tiny(), tmp_path / "run")
+    out = tmp_path / "run"
+    for name in ("metrics.json", "summary.md", "manifest.json", "recipe.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
+        assert key in saved and key in metrics
+    assert set(saved["per_defect_type"]) == {"crack", "scratch", "spot"}
+    assert list((out / "heatmaps").glob("*.png"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    few_shot = {item["image"] for item in manifest["few_shot"]}
+    test = {item["image"] for item in manifest["test"]}
+    assert len(few_shot) == 3 and not few_shot & test  # no leak
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    run(tiny(), tmp_path / "straight")
+    run(tiny(stop_at_step=3), tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
+    run(tiny(), tmp_path / "resumed", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_resume_with_another_config_fails_clearly(tmp_path):
+    run(tiny(steps=2), tmp_path / "run")
+    with pytest.raises(ValueError, match="another configuration.*lr"):
+        run(tiny(steps=2, lr=0.5), tmp_path / "run", resume=True)
+
+
+def test_bad_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    torch.save({"version": 99}, path)
+    with pytest.raises(ValueError, match="version 99"):
+        load_checkpoint(path)
+
+
+def test_recipe_cli_errors():
+    result = subprocess.run(
+        [sys.executable, "recipes/train_prn.py", "--dataset", "mtd"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "needs --root" in result.stderr
+
+
+def test_torchrun_two_cpu_processes_agree(tmp_path):
+    """DDP on gloo: two ranks, each with half of every batch, end with identical weights."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "recipes/train_prn.py",
+            "--backbone",
+            "resnet18",
+            "--no-pretrained",
+            "--image-size",
+            "64",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--n-anomalies",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    first, second = metrics["rank_fingerprints"]
+    assert first == second and first > 0
