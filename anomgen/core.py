@@ -140,7 +140,8 @@ def to_tensor_image(image: Any) -> tuple[torch.Tensor, _InputKind]:
         low, high = torch.aminmax(image)  # NaN fails both tests; faster than isfinite
         if not (bool(low >= 0) and bool(high <= 1)):
             raise ValueError(
-                f"tensor images must hold finite values in [0, 1], got [{float(low)}, {float(high)}]"
+                "tensor images must hold finite values in [0, 1], "
+                f"got [{float(low)}, {float(high)}]"
             )
         kind = _InputKind("tensor", image.ndim == 4, image.dtype, image.device)
         batch = image if image.ndim == 4 else image.unsqueeze(0)

@@ -303,7 +303,13 @@ def _run(
     torch.manual_seed(config.seed)
     started = time.perf_counter()
 
-    records = read_records(config, out.parent / ".cache")
+    # Rank 0 first: it may build the demo dataset, which the others then only read.
+    if dist_.main:
+        records = read_records(config, out.parent / ".cache")
+    if dist_.world > 1:
+        dist.barrier()
+    if not dist_.main:
+        records = read_records(config, out.parent / ".cache")
     split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
     transform = build_transform(config, split)
     normal_paths = [r.image for r in split.train_normal]
