@@ -50,14 +50,16 @@ def test_paste_places_clips_and_converts_channels():
     assert torch.equal(out, target) and not mask.any()
 
 
-def test_paste_leaves_pixels_that_do_not_change_out_of_the_mask():
+def test_paste_labels_the_whole_footprint():
+    """Defect pixels equal to the background they cover still belong to the defect."""
     target = torch.full((1, 6, 6), 0.5)
     patch = torch.full((1, 6, 6), 0.5)
     patch[0, 1, 1] = 0.9
-    patch[0, 2, 2] = 0.5 + 0.5 * MIN_CHANGE  # below one grey level: not a change
-    out, mask = paste(target, patch, torch.ones(1, 6, 6), 0, 0)
-    assert mask.sum() == 1 and mask[0, 1, 1] == 1
-    assert torch.equal(out[0, 2, 2], target[0, 2, 2])
+    footprint = torch.zeros(1, 6, 6)
+    footprint[0, :3, :3] = 1
+    out, mask = paste(target, patch, footprint, 0, 0)
+    assert torch.equal(mask, footprint)
+    assert out[0, 1, 1] == pytest.approx(0.9) and torch.equal(out[:, 3:, :], target[:, 3:, :])
 
 
 def test_paste_rejects_mismatched_masks():

@@ -76,7 +76,9 @@ def _assert_contract(before: torch.Tensor, after: torch.Tensor, mask: torch.Tens
     inside = mask[0].bool()
     assert torch.equal(after[:, ~inside], before[:, ~inside]), "a pixel outside the mask changed"
     change = (after - before).abs().amax(dim=0)
-    assert bool((change[inside] > MIN_CHANGE).all()), "a mask pixel did not change"
+    # A pasted defect's whole footprint is labelled, so a defect pixel may equal the
+    # background it covers; but the defect as a whole must be visible.
+    assert bool((change[inside] > MIN_CHANGE).any()), "nothing changed inside the mask"
 
 
 # ----------------------------------------------------------------------- functional

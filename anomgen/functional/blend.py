@@ -48,7 +48,8 @@ def paste(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha-paste ``patch`` with its top-left corner at (``top``, ``left``) of ``target``.
 
-    ``patch_mask`` (1,h,w) in [0, 1] is the opacity (1 replaces, 0 keeps). The patch may
+    ``patch_mask`` (1,h,w) in [0, 1] is the opacity (1 replaces, 0 keeps); the returned
+    mask is its footprint (opacity > 0) at the pasted place. The patch may
     hang over any border, or miss the image entirely; the part outside is dropped. A
     grayscale patch on an RGB target (or the reverse) is converted to the target's
     channels first.
@@ -70,7 +71,10 @@ def paste(
     source = match_channels(patch, target.shape[0])[crop].to(target)
     alpha = patch_mask[crop].to(target)
     before = target[window]
-    out[window], mask[window] = _keep_changes(before, before + alpha * (source - before), alpha > 0)
+    out[window] = before + alpha * (source - before)
+    # The whole footprint is the defect, also where a defect pixel equals the background:
+    # holes in a label would teach a segmentation model that parts of a defect are normal.
+    mask[window] = (alpha > 0).to(target)
     return out, mask
 
 

@@ -1,0 +1,83 @@
+"""Regenerate docs/images/anomgen_preview.png with `anomgen preview`.
+
+Seed 97 happens to draw each of the six strategies twice.
+
+Only scikit-image's bundled CC0 images are used (no dataset is committed): crops of
+`gravel` and `grass` are the normal images, `brick` and `grass` the textures, and the
+"real anomalies" are coins cut out of `coins` with an Otsu mask.
+
+    python docs/make_preview.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import yaml
+from PIL import Image
+from skimage.filters import threshold_otsu
+
+from anomgen import (
+    CutPaste,
+    CutPasteScar,
+    LocalCorruption,
+    OneOf,
+    PerlinTexturePaste,
+    PoissonPatch,
+    SeenAnomalyPaste,
+)
+from anomgen.cli import main
+
+OUT = Path(__file__).resolve().parent / "images" / "anomgen_preview.png"
+
+
+def _write_inputs(root: Path) -> dict[str, Path]:
+    folders = {name: root / name for name in ("normal", "textures", "anomalies")}
+    for folder in folders.values():
+        folder.mkdir()
+    for name in ("gravel", "grass"):
+        texture = getattr(skimage.data, name)()
+        for i, (y, x) in enumerate([(0, 0), (200, 250), (300, 60)]):
+            Image.fromarray(texture[y : y + 200, x : x + 200]).save(
+                folders["normal"] / f"{name}_{i}.png"
+            )
+    for name in ("brick", "grass"):
+        Image.fromarray(getattr(skimage.data, name)()).save(folders["textures"] / f"{name}.png")
+    coins = skimage.data.coins()
+    for i, (y, x) in enumerate([(10, 10), (110, 140), (190, 260), (20, 300)]):
+        crop = coins[y : y + 90, x : x + 80]
+        mask = (crop > threshold_otsu(crop)).astype(np.uint8) * 255
+        Image.fromarray(crop).save(folders["anomalies"] / f"coin_{i}.jpg")
+        Image.fromarray(mask).save(folders["anomalies"] / f"coin_{i}.png")
+    return folders
+
+
+def build() -> Path:
+    with tempfile.TemporaryDirectory() as name:
+        folders = _write_inputs(Path(name))
+        every_strategy = OneOf(
+            [
+                SeenAnomalyPaste(anomalies=folders["anomalies"]),
+                PerlinTexturePaste(textures=folders["textures"]),
+                CutPaste(),
+                CutPasteScar(),
+                PoissonPatch(sources=folders["normal"]),
+                LocalCorruption(),
+            ]
+        )
+        config = Path(name) / "all.yaml"
+        config.write_text(yaml.safe_dump(every_strategy.to_dict()))
+        code = main(
+            ["preview", "--images", str(folders["normal"]), "--config", str(config),
+             "-n", "12", "--size", "128", "--seed", "97", "--out", str(OUT)]
+        )
+    if code:
+        raise SystemExit(code)
+    return OUT
+
+
+if __name__ == "__main__":
+    build()
