@@ -207,9 +207,16 @@ class AnomalyTransform:
     def apply_batch(
         self, images: torch.Tensor, params: Sequence[dict[str, Any]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply per-sample parameters to a (B,C,H,W) batch; vectorised where it pays."""
-        outputs = [self.apply(image, p) for image, p in zip(images, params)]
-        return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
+        """Apply per-sample parameters to a (B,C,H,W) batch; vectorised where it pays.
+
+        The default writes each sample's result straight into the output while it is
+        still in cache (cheaper than stacking a list afterwards).
+        """
+        out = torch.empty_like(images)
+        masks = images.new_empty((images.shape[0], 1, *images.shape[2:]))
+        for i, (image, p) in enumerate(zip(images, params)):
+            out[i], masks[i] = self.apply(image, p)
+        return out, masks
 
     def expects_anomaly(self, params: dict[str, Any]) -> bool:
         """Whether ``params`` should give an anomaly (False for the normal pass-through)."""
@@ -235,7 +242,7 @@ class AnomalyTransform:
         generators = [make_generator(s) for s in seeds]
         params = [self.sample_params(img, g) for img, g in zip(batch, generators)]
         images, masks = self.apply_batch(batch, params)
-        flags = _anomalous_flags(batch, images, masks)
+        flags = self._flags(batch, images, masks, params)
         for _ in range(_MAX_ATTEMPTS - 1):
             retry = [i for i, p in enumerate(params) if self.expects_anomaly(p) and not flags[i]]
             if not retry:
@@ -243,9 +250,24 @@ class AnomalyTransform:
             for i in retry:
                 params[i] = self.sample_params(batch[i], generators[i])
             images[retry], masks[retry] = self.apply_batch(batch[retry], [params[i] for i in retry])
-            for i, flag in zip(retry, _anomalous_flags(batch[retry], images[retry], masks[retry])):
-                flags[i] = flag
+            for i in retry:
+                flags[i] = self._flags(
+                    batch[i : i + 1], images[i : i + 1], masks[i : i + 1], [params[i]]
+                )[0]
         return self._finish(images, masks, params, flags, kind)
+
+    def _flags(
+        self,
+        batch: torch.Tensor,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        params: Sequence[dict[str, Any]],
+    ) -> list[bool]:
+        """Which samples are really anomalous; a pass-through sample is normal by definition."""
+        return [
+            self.expects_anomaly(p) and _is_anomalous(before, after, mask)
+            for before, after, mask, p in zip(batch, images, masks, params)
+        ]
 
     def replay(self, image: Any, params: dict[str, Any] | Sequence[dict[str, Any]]) -> Synthesis:
         """Apply logged parameters again (``meta["params"]`` of an earlier call)."""
@@ -254,7 +276,7 @@ class AnomalyTransform:
         if len(plist) != batch.shape[0]:
             raise ValueError(f"got {len(plist)} parameter sets for a batch of {batch.shape[0]}")
         images, masks = self.apply_batch(batch, plist)
-        return self._finish(images, masks, plist, _anomalous_flags(batch, images, masks), kind)
+        return self._finish(images, masks, plist, self._flags(batch, images, masks, plist), kind)
 
     def _finish(
         self,
@@ -303,10 +325,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _anomalous_flags(before: torch.Tensor, after: torch.Tensor, masks: torch.Tensor) -> list[bool]:
-    """Per sample: does the mask mark a pixel whose value really changed?"""
-    change = ((after - before).abs_().amax(dim=1, keepdim=True) > _MIN_CHANGE) & (masks > 0)
-    return change.flatten(1).any(dim=1).tolist()
+def _is_anomalous(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Does the (1,H,W) mask mark a pixel whose value really changed?"""
+    changed = (after - before).abs_().amax(dim=0, keepdim=True) > _MIN_CHANGE
+    return bool(changed.logical_and_(mask > 0).any())
 
 
 def from_dict(config: dict[str, Any]) -> AnomalyTransform:

