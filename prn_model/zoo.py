@@ -11,6 +11,7 @@ Checkpoints hold the backbone weights too, so ``load_model`` needs no download.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ RECIPES: dict[str, dict[str, float]] = {
     "prn": {"normal_weight": 2.0, "seen_weight": 1.0, "simulated_weight": 1.0},
 }
 
-_PAPER = "Zhang, Wu, Wang, Chen, Jiang: Prototypical Residual Networks, CVPR 2023 (arXiv 2212.02031)"
+_PAPER = (
+    "Zhang, Wu, Wang, Chen, Jiang: Prototypical Residual Networks, CVPR 2023 (arXiv 2212.02031)"
+)
 _RECIPE_DEFAULTS_NOTE = (
     "steps, batch size and learning rate are this repository's recipe defaults, not a tuned "
     "or published schedule"
@@ -249,10 +252,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     is loaded with ``strict=True``, so nothing is downloaded and nothing is left at random.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise ValueError(f"{str(path)!r} is not a PRN checkpoint (not written by torch.save)")
     try:
         payload = load_checkpoint(path)
-    except ValueError as error:
-        raise ValueError(f"{str(path)!r} is not a PRN checkpoint: {error}") from None
+    except ValueError as error:  # keep the first line: torch adds a page of advice
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{str(path)!r} is not a PRN checkpoint: {reason}") from None
     state, stored = payload.get("model"), payload.get("model_config")
     if not isinstance(state, dict) or not isinstance(stored, dict):
         raise ValueError(f"{str(path)!r} is not a PRN checkpoint: no 'model' or 'model_config'")

@@ -1,0 +1,341 @@
+"""Export a trained PRN to TorchScript or ONNX for deployment, and check the export.
+
+The exported graph takes a float batch ``images`` (B, C, S, S) in [0, 1], S =
+``config.image_size``, and returns ``scores`` (B,) and ``maps`` (B, 1, S, S): exactly what
+``PRN.predict`` returns for images already at the network size (sigmoid anomaly maps and the
+mean of the ``top_k`` largest map values). The batch size is free; C is fixed at export time:
+use the channels the model was trained on (3 by default, 1 for grayscale data such as MTD).
+Grayscale input is repeated to 3 channels inside the graph, as the backbone does. Resizing
+images of other sizes is left to the caller (``PRN.predict`` uses antialiased bilinear).
+
+Both exports trace the eager model once, so Python-side branches (input checks, the "fitted"
+flag, shape arithmetic) are fixed for the exported size; ``verify_export`` runs the exported
+file and the eager model on the same images, with a batch size other than the traced one.
+
+ONNX goes through the TorchScript-based exporter (``dynamo=False``): the dynamo exporter
+needs ``onnxscript``, which is not a dependency. That exporter cannot convert
+``adaptive_avg_pool2d`` when its output size is computed from a tensor's shape, as PRN's
+multi-scale fusion does; ``_exportable_adaptive_pooling`` converts it to the equivalent
+``AveragePool`` (kernel = stride = input / output size) from the shapes recorded by the trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from prn_model.network import PRN
+
+__all__ = [
+    "DeployablePRN",
+    "export_onnx",
+    "export_torchscript",
+    "read_metadata",
+    "verify_export",
+]
+
+# Largest |exported - eager| accepted by the command line: the maps are probabilities, and
+# graph rewrites (fused BatchNorm, other kernels) move them by about 1e-7 in float32.
+DEFAULT_ATOL = 1e-4
+# Traced with 2 images, verified with 3: a batch size wrongly frozen into the graph shows up.
+_TRACE_BATCH, _VERIFY_BATCH = 2, 3
+_METADATA_KEY = "prn_export"
+_ONNX_INPUT, _ONNX_OUTPUTS = "images", ("scores", "maps")
+
+
+class DeployablePRN(nn.Module):
+    """(B, C, S, S) images in [0, 1] -> (scores (B,), sigmoid maps (B, 1, S, S)).
+
+    The same computation as ``PRN.predict`` for images at ``config.image_size``, as a single
+    forward that tracing can record.
+    """
+
+    def __init__(self, model: PRN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.model.anomaly_map(images.clamp(0.0, 1.0))
+        return self.model.image_score(maps), maps
+
+
+def _check_model(model: Any) -> PRN:
+    if not isinstance(model, PRN):
+        raise ValueError(f"model must be a PRN, got {type(model).__name__}")
+    if not model.prototypes.is_fitted:
+        raise ValueError("model prototypes are not fitted: export a trained model")
+    return model
+
+
+def _example_images(model: PRN, example_size: Sequence[int] | None) -> Tensor:
+    """The batch to trace: ``example_size`` (B, C, H, W), default (2, 3, S, S)."""
+    size = model.config.image_size
+    shape = (_TRACE_BATCH, 3, size, size) if example_size is None else tuple(example_size)
+    if len(shape) != 4 or shape[0] < 1 or shape[1] not in (1, 3) or shape[2:] != (size, size):
+        raise ValueError(
+            f"example_size must be (B >= 1, C in {{1, 3}}, {size}, {size}) for this model "
+            f"(config.image_size {size}), got {example_size!r}"
+        )
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(shape, generator=generator).to(model.device)
+
+
+def _metadata(model: PRN, images: Tensor, export_format: str) -> dict[str, Any]:
+    channels, size = images.shape[1], model.config.image_size
+    return {
+        "format": export_format,
+        "input": f"{_ONNX_INPUT}: float32 (B, {channels}, {size}, {size}) in [0, 1]",
+        "outputs": "scores: (B,) mean of the top_k map values; maps: (B, 1, H, W) sigmoid",
+        "channels": channels,
+        "image_size": size,
+        "prn_config": model.config.to_dict(),
+    }
+
+
+@contextlib.contextmanager
+def _eval_mode(model: PRN) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence TracerWarnings: they flag Python values that depend only on the fixed input
+    size or on the fitted flag (by design here); verify_export catches any real divergence."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def export_torchscript(
+    model: PRN, path: str | Path, example_size: Sequence[int] | None = None
+) -> Path:
+    """Trace ``model`` to a TorchScript file (``torch.jit.load`` reads it back).
+
+    ``example_size`` is the (B, C, H, W) of the traced batch, default (2, 3, S, S); only C
+    matters to the result (see the module docstring). The export metadata (channels, size,
+    PRN config) is stored as the extra file ``prn_export`` inside the archive.
+    """
+    model = _check_model(model)
+    path = _output_path(path)
+    images = _example_images(model, example_size)
+    with _eval_mode(model), torch.no_grad(), _quiet_tracer():
+        traced = torch.jit.trace(DeployablePRN(model), images, check_trace=False)
+    metadata = json.dumps(_metadata(model, images, "torchscript"))
+    torch.jit.save(traced, str(path), _extra_files={_METADATA_KEY: metadata})
+    return path
+
+
+def _symbolic_adaptive_avg_pool2d(g: Any, input: Any, output_size: Any) -> Any:
+    """ONNX AveragePool for an adaptive pooling whose sizes are whole multiples.
+
+    The sizes come from the traced node (known for the fixed export size) rather than from
+    ``output_size``, which the trace records as shape arithmetic instead of constants.
+    """
+    node = g.original_node
+    in_sizes = node.inputsAt(0).type().varyingSizes()[2:]
+    out_sizes = node.output().type().varyingSizes()[2:]
+    if None in in_sizes or None in out_sizes or any(i % o for i, o in zip(in_sizes, out_sizes)):
+        raise ValueError(
+            f"cannot export adaptive_avg_pool2d from {in_sizes} to {out_sizes} to ONNX: "
+            "only whole-multiple size reductions map onto AveragePool"
+        )
+    kernel = [i // o for i, o in zip(in_sizes, out_sizes)]
+    return g.op("AveragePool", input, kernel_shape_i=kernel, strides_i=kernel)
+
+
+@contextlib.contextmanager
+def _exportable_adaptive_pooling(opset: int) -> Iterator[None]:
+    """Use ``_symbolic_adaptive_avg_pool2d`` while exporting (it replaces any custom one)."""
+    name = "aten::adaptive_avg_pool2d"
+    torch.onnx.register_custom_op_symbolic(name, _symbolic_adaptive_avg_pool2d, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+def export_onnx(
+    model: PRN, path: str | Path, opset: int = 17, example_size: Sequence[int] | None = None
+) -> Path:
+    """Export ``model`` to ONNX with a dynamic batch axis (input ``images``; outputs
+    ``scores``, ``maps``); needs the ``onnx`` package. ``example_size`` as for
+    ``export_torchscript``. The export metadata is stored in the model's metadata_props.
+    """
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an int >= 14 (attention needs it), got {opset!r}")
+    onnx = _require("onnx", "ONNX export")
+    model = _check_model(model)
+    path = _output_path(path)
+    images = _example_images(model, example_size)
+    batch_axis = {0: "batch"}
+    with _eval_mode(model), torch.no_grad(), _quiet_tracer(), _exportable_adaptive_pooling(opset):
+        torch.onnx.export(
+            DeployablePRN(model),
+            (images,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[_ONNX_INPUT],
+            output_names=list(_ONNX_OUTPUTS),
+            dynamic_axes={name: batch_axis for name in (_ONNX_INPUT, *_ONNX_OUTPUTS)},
+        )
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(
+        graph, {_METADATA_KEY: json.dumps(_metadata(model, images, "onnx"))}
+    )
+    onnx.save(graph, str(path))
+    return path
+
+
+def _require(module: str, purpose: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"{purpose} needs the {module!r} package (pip install onnx onnxruntime)"
+        ) from None
+
+
+def _output_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata stored by ``export_torchscript`` / ``export_onnx`` in ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
+    if path.suffix.lower() == ".onnx":
+        onnx = _require("onnx", "reading an ONNX export")
+        props = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
+        text = props.get(_METADATA_KEY)
+    else:
+        files = {_METADATA_KEY: ""}
+        try:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        except RuntimeError as error:
+            raise ValueError(f"{str(path)!r} is not a TorchScript file: {error}") from None
+        text = files[_METADATA_KEY] or None
+    if text is None:
+        raise ValueError(f"{str(path)!r} was not written by prn_model.export (no metadata)")
+    return json.loads(text)
+
+
+def _run_exported(path: Path, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    if path.suffix.lower() == ".onnx":
+        onnxruntime = _require("onnxruntime", "running an ONNX export")
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        scores, maps = session.run(list(_ONNX_OUTPUTS), {_ONNX_INPUT: images.cpu().numpy()})
+        return scores, maps
+    module = torch.jit.load(str(path), map_location=images.device)
+    # The same graph without the JIT's profiling passes, which only fuse ops for later calls
+    # and make each of the first calls of a graph this size take seconds.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        scores, maps = module(images)
+    return scores.cpu().numpy(), maps.cpu().numpy()
+
+
+def verify_export(model: PRN, path: str | Path, images: Tensor | None = None) -> float:
+    """Largest |exported - eager| over scores and maps, on ``images`` or 3 random images.
+
+    ``path`` is a ``.onnx`` file (run with onnxruntime on the CPU) or a TorchScript file.
+    ``images`` is a (B, C, S, S) float batch in [0, 1]; by default 3 seeded random images with
+    the exported channel count (another batch size than the traced one, on purpose).
+    """
+    model = _check_model(model)
+    path = Path(path)
+    metadata = read_metadata(path)
+    size, channels = model.config.image_size, metadata["channels"]
+    if metadata["image_size"] != size:
+        raise ValueError(
+            f"{str(path)!r} was exported at {metadata['image_size']} px, the model runs at {size}"
+        )
+    if images is None:
+        generator = torch.Generator().manual_seed(1)
+        images = torch.rand((_VERIFY_BATCH, channels, size, size), generator=generator)
+    if not isinstance(images, Tensor) or tuple(images.shape[1:]) != (channels, size, size):
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be (B, {channels}, {size}, {size}), got {got}")
+    images = images.to(device=model.device, dtype=torch.float32)
+    with _eval_mode(model), torch.no_grad():
+        scores, maps = DeployablePRN(model)(images)
+    exported_scores, exported_maps = _run_exported(path, images)
+    return float(
+        max(
+            np.abs(exported_scores - scores.cpu().numpy()).max(),
+            np.abs(exported_maps - maps.cpu().numpy()).max(),
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m prn_model.export",
+        description="Export a PRN checkpoint to ONNX or TorchScript and check it against the "
+        "eager model. The exported graph maps images (B, C, S, S) in [0, 1] to scores (B,) and "
+        "anomaly maps (B, 1, S, S), S = the checkpoint's image size.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt written by the recipe")
+    parser.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    parser.add_argument("--out", required=True, type=Path, help="output file")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="input channels: those the model was trained on (default 3)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"largest accepted |exported - eager| (default {DEFAULT_ATOL:g})",
+    )
+    args = parser.parse_args(argv)
+    from prn_model.zoo import load_model
+
+    try:
+        model = load_model(args.checkpoint)
+        example = (_TRACE_BATCH, args.channels, model.config.image_size, model.config.image_size)
+        if args.format == "onnx":
+            export_onnx(model, args.out, opset=args.opset, example_size=example)
+        else:
+            export_torchscript(model, args.out, example_size=example)
+        difference = verify_export(model, args.out)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"prn-export: error: {error}", file=sys.stderr)
+        return 2
+    if not difference <= args.atol:  # NaN fails too
+        print(
+            f"prn-export: error: {args.out} differs from the eager model by {difference:.3g} "
+            f"(> --atol {args.atol:g})",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {args.out} ({args.format}); max |exported - eager| = {difference:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

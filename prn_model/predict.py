@@ -1,0 +1,173 @@
+"""``prn-predict``: score every image of a folder with a trained PRN checkpoint.
+
+Writes ``OUT/scores.csv`` (file, score[, anomalous], error) and, per image, a heatmap overlay
+``OUT/heatmaps/<file name>.png`` (the image at its own size beside the anomaly map blended
+over it). Unreadable images are reported on stderr, listed in the CSV with their error and
+skipped. Exit status: 0 all images scored, 1 some skipped, 2 nothing could be done (missing
+checkpoint, no images, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from anomgen.io import list_images
+from anomgen.preview import save_png_atomic
+from prn_model.data import load_image
+from prn_model.network import PRN
+from prn_model.train import _overlay
+from prn_model.zoo import load_model
+
+__all__ = ["main", "predict_folder"]
+
+MASK_SUFFIX = "_mask"
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    """Write through a temporary file and a rename: never a half-written CSV."""
+    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_heatmap(image: torch.Tensor, heat: torch.Tensor, path: Path) -> None:
+    heat_2d = heat[0].float().cpu().numpy()
+    row = _overlay(image.float(), heat_2d, np.zeros_like(heat_2d))
+    save_png_atomic(Image.fromarray(row), path)
+
+
+def predict_folder(
+    model: PRN,
+    images_dir: str | Path,
+    out: str | Path,
+    batch_size: int = 8,
+    heatmaps: bool = True,
+    threshold: float | None = None,
+) -> list[dict[str, str]]:
+    """Score every image of ``images_dir`` and write ``scores.csv`` (+ heatmaps) under ``out``.
+
+    Images are listed like ``anomgen.io.list_images``: sorted, ``*_mask.*`` files and a
+    ``.png`` sharing its stem with another image (its mask) skipped. Returns the CSV rows;
+    a row with a non-empty ``error`` is an image that could not be read.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1] (scores are probabilities), got {threshold}")
+    files = list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+    out = Path(out)
+    heatmap_dir = out / "heatmaps"
+    (heatmap_dir if heatmaps else out).mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict[str, str]] = []
+    with tqdm(total=len(files), desc="predict", unit="image") as progress:
+        for start in range(0, len(files), batch_size):
+            loaded: list[tuple[Path, torch.Tensor]] = []
+            for path in files[start : start + batch_size]:
+                try:
+                    loaded.append((path, load_image(path)))
+                except (ValueError, OSError, Image.DecompressionBombError) as error:
+                    progress.write(f"prn-predict: skipping {path.name}: {error}", file=sys.stderr)
+                    rows.append({"file": path.name, "score": "", "error": str(error)})
+            if loaded:
+                scores, maps = model.predict([image for _, image in loaded], batch_size)
+                for (path, image), score, heat in zip(loaded, scores.tolist(), maps):
+                    row = {"file": path.name, "score": f"{score:.6f}", "error": ""}
+                    if threshold is not None:
+                        row["anomalous"] = str(int(score >= threshold))
+                    rows.append(row)
+                    if heatmaps:
+                        _save_heatmap(image, heat, heatmap_dir / f"{path.name}.png")
+            progress.update(len(files[start : start + batch_size]))
+
+    order = {path.name: index for index, path in enumerate(files)}
+    rows.sort(key=lambda row: order[row["file"]])
+    columns = ["file", "score", *(["anomalous"] if threshold is not None else []), "error"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text_atomic(text.getvalue(), out / "scores.csv")
+    return rows
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="prn-predict",
+        description="Score every image in a folder with a trained PRN checkpoint. Writes "
+        "OUT/scores.csv (file, score in [0, 1], anomalous with --threshold, error) and one "
+        "heatmap overlay per image as OUT/heatmaps/<file name>.png.",
+        epilog="Exit status: 0 all images scored; 1 some images could not be read (named on "
+        "stderr and in the CSV's error column); 2 missing checkpoint, no images or bad option.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt written by the recipe")
+    parser.add_argument("images_dir", type=Path, help="folder of images (not recursive)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="adds anomalous = 1 where score >= THRESHOLD (in [0, 1]), else 0",
+    )
+    return parser.parse_args(argv)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"invalid --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} requested but CUDA is not available")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        device = _device(args.device)
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {str(args.checkpoint)!r} does not exist")
+        list_images(args.images_dir, exclude_suffix=MASK_SUFFIX)  # fail before loading
+        model = load_model(args.checkpoint, device=device)
+        rows = predict_folder(
+            model,
+            args.images_dir,
+            args.out,
+            batch_size=args.batch_size,
+            heatmaps=not args.no_heatmaps,
+            threshold=args.threshold,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"prn-predict: error: {error}", file=sys.stderr)
+        return 2
+    failed = sum(1 for row in rows if row["error"])
+    print(
+        f"scored {len(rows) - failed} of {len(rows)} images -> {args.out / 'scores.csv'}"
+        + (f" ({failed} unreadable, see the error column)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""prn-predict: scores CSV, heatmaps, bad images and bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prn_model.data import load_image
+from prn_model.predict import main
+from prn_model.train import TrainConfig, run
+from prn_model.zoo import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
+
+    ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
+    """
+    out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
+    if not (out / "checkpoint.pt").is_file():
+        config = TrainConfig(
+            dataset="demo",
+            backbone="resnet18",
+            pretrained=False,
+            image_size=64,
+            steps=2,
+            batch_size=4,
+            n_anomalies=3,
+            checkpoint_every=2,
+            heatmaps=1,
+            device="cpu",
+            stop_at_step=2,
+        )
+        run(config, out)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """RGB and gray images of several sizes, two masks, a corrupt file and a text file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 256, (80, 60, 3), dtype=np.uint8)).save(folder / "c.jpg")
+    Image.fromarray(np.zeros((80, 60), np.uint8)).save(folder / "c.png")  # c.jpg's mask
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "b_mask.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_writes_scores_and_heatmaps_and_reports_corrupt_image(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(image_dir), "--out", str(out), "--batch-size", "2"]
+    status = main([*argv, "--threshold", "0.0105"])
+
+    assert status == 1  # one image could not be read
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err
+    rows = _read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["file", "score", "anomalous", "error"]
+    assert [row["file"] for row in rows] == ["a.png", "b.png", "broken.png", "c.jpg"]
+    broken = rows[2]
+    assert broken["score"] == "" and broken["anomalous"] == "" and "broken.png" in broken["error"]
+
+    model = load_model(tiny_checkpoint)
+    images = [load_image(image_dir / name) for name in ("a.png", "b.png", "c.jpg")]
+    expected, _ = model.predict(images)
+    scored = [row for row in rows if not row["error"]]
+    scores = torch.tensor([float(row["score"]) for row in scored])
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+    assert [row["anomalous"] for row in scored] == [str(int(s >= 0.0105)) for s in expected]
+
+    heatmaps = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert heatmaps == ["a.png.png", "b.png.png", "c.jpg.png"]
+    for name, (height, width) in {"a.png": (50, 70), "b.png": (64, 64), "c.jpg": (80, 60)}.items():
+        with Image.open(out / "heatmaps" / f"{name}.png") as overlay:
+            assert overlay.size == (2 * width, height)  # image beside its overlay, own size
+            assert overlay.mode == "RGB"
+
+
+def test_no_heatmaps_and_no_threshold(tiny_checkpoint: Path, image_dir: Path, tmp_path: Path):
+    (image_dir / "broken.png").unlink()
+    out = tmp_path / "out"
+    assert main([str(tiny_checkpoint), str(image_dir), "--out", str(out), "--no-heatmaps"]) == 0
+    rows = _read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["file", "score", "error"]
+    assert all(0.0 <= float(row["score"]) <= 1.0 and row["error"] == "" for row in rows)
+    assert not (out / "heatmaps").exists()
+
+
+def test_empty_folder_and_bad_arguments_fail_with_one_line(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    out = str(tmp_path / "out")
+    cases = {
+        "no images": [str(tiny_checkpoint), str(empty), "--out", out],
+        "does not exist": [str(tmp_path / "nope.pt"), str(image_dir), "--out", out],
+        "not a PRN checkpoint": [str(image_dir / "a.png"), str(image_dir), "--out", out],
+        "threshold": [str(tiny_checkpoint), str(image_dir), "--out", out, "--threshold", "5"],
+        "batch_size": [str(tiny_checkpoint), str(image_dir), "--out", out, "--batch-size", "0"],
+    }
+    for message, argv in cases.items():
+        assert main(argv) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "scores.csv").exists()
+
+
+def test_module_entry_point(tmp_path: Path, image_dir: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "prn_model.predict", str(tmp_path / "missing.pt"), str(image_dir)]
+        + ["--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"prn-predict: error: checkpoint {str(tmp_path / 'missing.pt')!r} does not exist"
+    ]

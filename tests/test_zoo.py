@@ -1,0 +1,180 @@
+"""Model zoo: entries, create_model / train_config overrides, checkpoint loading."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import prn_model
+from anomgen import Normal
+from prn_model import zoo
+from prn_model.network import PRN, PRNConfig
+from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint, run
+
+EXPECTED_MODELS = ["prn_lite0", "prn_lite0_mtd", "prn_resnet18_mvtec", "prn_wide_resnet50_2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
+
+    ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
+    """
+    out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
+    if not (out / "checkpoint.pt").is_file():
+        config = TrainConfig(
+            dataset="demo",
+            backbone="resnet18",
+            pretrained=False,
+            image_size=64,
+            steps=2,
+            batch_size=4,
+            n_anomalies=3,
+            checkpoint_every=2,
+            heatmaps=1,
+            device="cpu",
+            stop_at_step=2,
+        )
+        run(config, out)
+    return out / "checkpoint.pt"
+
+
+def _images(n: int = 3, channels: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def test_list_models_and_entries():
+    assert zoo.list_models() == EXPECTED_MODELS
+    assert prn_model.list_models() == EXPECTED_MODELS  # exported lazily by the package
+    paper = zoo.get_entry("prn_resnet18_mvtec")
+    assert paper.model["backbone"] == "resnet18" and paper.model["image_size"] == 256
+    assert paper.train["n_anomalies"] == 10
+    assert zoo.get_entry("prn_lite0_mtd").train["dataset"] == "mtd"
+    for name in EXPECTED_MODELS:
+        entry = zoo.get_entry(name)
+        assert entry.recipe in zoo.RECIPES and entry.source and entry.description
+        assert isinstance(entry.results, dict)
+
+
+def test_get_entry_returns_a_copy_and_rejects_unknown_names():
+    entry = zoo.get_entry("prn_lite0")
+    entry.model["image_size"] = 1024
+    assert zoo.get_entry("prn_lite0").model["image_size"] == 128
+    with pytest.raises(ValueError, match="prn_lite0_mtd"):  # the message lists known models
+        zoo.get_entry("prn_lite7")
+
+
+def test_entries_describe_what_their_training_builds():
+    """Training an entry must produce exactly the entry's model (run() sets these fields)."""
+    for name in EXPECTED_MODELS:
+        entry = zoo.get_entry(name)
+        config = zoo.train_config(name, root="/data", category="bottle")
+        built = PRNConfig(
+            backbone=config.backbone, image_size=config.image_size, top_k=config.top_k
+        )
+        assert built == PRNConfig(**entry.model)
+        weights = (config.normal_weight, config.seen_weight, config.simulated_weight)
+        assert weights == (2.0, 1.0, 1.0)  # the "prn" mix
+
+
+def test_inconsistent_entry_is_rejected():
+    entry = zoo.get_entry("prn_lite0")
+    bad = dataclasses.replace(entry, model={**entry.model, "fusion_channels": (8, 8, 8)})
+    with pytest.raises(ValueError, match="not what training"):
+        zoo._build_registry([bad])
+    with pytest.raises(ValueError, match="defined twice"):
+        zoo._build_registry([entry, entry])
+
+
+def test_train_config_overrides_and_errors():
+    config = zoo.train_config("prn_lite0", steps=5, image_size=64)
+    assert isinstance(config, TrainConfig)
+    assert (config.backbone, config.steps, config.image_size) == ("efficientnet_lite0", 5, 64)
+    with pytest.raises(ValueError, match="stepz"):
+        zoo.train_config("prn_lite0", stepz=5)
+    with pytest.raises(ValueError, match="prn_lite0_mtd.*root"):
+        zoo.train_config("prn_lite0_mtd")  # dataset paths are the caller's
+
+
+def test_create_model_applies_overrides():
+    model = zoo.create_model("prn_lite0", pretrained=False, image_size=64, top_k=7)
+    assert isinstance(model, PRN)
+    assert model.config.backbone == "efficientnet_lite0"
+    assert (model.config.image_size, model.config.top_k) == (64, 7)
+    resnet = zoo.create_model("prn_resnet18_mvtec", pretrained=False, image_size=64)
+    assert resnet.config.backbone == "resnet18" and resnet.backbone.channels[0] == 64
+
+
+def test_create_model_rejects_bad_overrides():
+    with pytest.raises(ValueError, match=r"\['colour', 'toppk'\]"):
+        zoo.create_model("prn_lite0", pretrained=False, toppk=3, colour="red")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        zoo.create_model("prn_lite0", pretrained=False, image_size=100)
+
+
+def test_load_model_round_trip_matches_in_memory_model(tmp_path: Path):
+    """A model saved by the recipe's checkpoint writer predicts identically after loading."""
+    torch.manual_seed(0)
+    model = zoo.create_model("prn_resnet18_mvtec", pretrained=False, image_size=64)
+    model.fit_prototypes(_images(5, seed=1), n_images=5)
+    with torch.no_grad():  # move the head off its initialisation so the maps are not flat
+        for parameter in model.decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.eval()
+    optimizer = torch.optim.AdamW(model.decoder.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    config = zoo.train_config("prn_lite0", backbone="resnet18", image_size=64, pretrained=False)
+    path = tmp_path / "checkpoint.pt"
+    _save_checkpoint(path, model, optimizer, scheduler, 1, config, Normal())
+
+    loaded = zoo.load_model(path)
+    assert not loaded.training
+    assert loaded.config == model.config
+    images = _images(4, seed=2)
+    expected_scores, expected_maps = model.predict(images)
+    scores, maps = loaded.predict(images)
+    assert torch.equal(scores, expected_scores) and torch.equal(maps, expected_maps)
+    assert maps.std() > 0  # a non-trivial map, so equality means something
+
+
+def test_load_model_of_recipe_checkpoint(tiny_checkpoint: Path):
+    model = zoo.load_model(tiny_checkpoint)
+    payload = load_checkpoint(tiny_checkpoint)
+    assert model.config.to_dict() == payload["model_config"]
+    state = model.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in payload["model"].items())
+    scores, maps = model.predict(_images(2))
+    assert scores.shape == (2,) and maps.shape == (2, 1, 64, 64)
+    assert torch.isfinite(maps).all()
+
+
+def test_load_model_rejects_files_that_are_not_prn_checkpoints(
+    tmp_path: Path, tiny_checkpoint: Path
+):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        zoo.load_model(tmp_path / "missing.pt")
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.pt.*not a PRN checkpoint"):
+        zoo.load_model(text)
+    other = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a PRN checkpoint.*version None"):
+        zoo.load_model(other)
+
+    payload = load_checkpoint(tiny_checkpoint)
+    incomplete = tmp_path / "incomplete.pt"
+    del payload["model_config"]["top_k"]
+    torch.save(payload, incomplete)
+    with pytest.raises(ValueError, match=r"lacks \['top_k'\]"):
+        zoo.load_model(incomplete)
+
+    payload = load_checkpoint(tiny_checkpoint)
+    payload["model"].pop("decoder.logit.bias")
+    broken = tmp_path / "broken.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ValueError, match="decoder.logit.bias"):
+        zoo.load_model(broken)
