@@ -38,13 +38,15 @@ def _flat_textured_pool() -> TexturePool:
     channels=st.sampled_from([1, 3]),
     height=st.integers(8, 96),
     width=st.integers(8, 96),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
     seed=st.integers(0, 2**31),
 )
-def test_invariants(channels, height, width, seed):
+def test_invariants(channels, height, width, dtype, seed):
     transform = PerlinTexturePaste(textures=_flat_textured_pool())
-    image = random_image(channels, height, width, seed % 1000)
+    image = random_image(channels, height, width, seed % 1000).to(dtype)
     result = transform(image, seed=seed)
     mask = result.mask
+    assert result.image.dtype == dtype and mask.dtype == dtype
     assert result.image.shape == image.shape and mask.shape == (1, height, width)
     assert mask.min() >= 0 and mask.max() <= 1
     outside = (mask == 0).expand_as(image)
@@ -208,3 +210,36 @@ def test_dataset_errors(tmp_path):
         SynthesisDataset(tmp_path, Normal())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SynthesisDataset(tmp_path / "missing", Normal())
+
+
+def _anomaly_folder(root) -> str:
+    folder = root / "anomalies"
+    folder.mkdir()
+    for i in range(2):
+        image = np.full((40, 40), 30 + 100 * i, np.uint8)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[10:25, 12:30] = 255
+        Image.fromarray(image).save(folder / f"d{i}.jpg")
+        Image.fromarray(mask).save(folder / f"d{i}.png")
+    return str(folder)
+
+
+@pytest.mark.parametrize("name", ["draem", "cutpaste", "prn"])
+def test_presets_round_trip(name, tmp_path, texture_dir):
+    from anomgen import build_preset
+
+    transform = build_preset(name, textures=texture_dir, anomalies=_anomaly_folder(tmp_path))
+    rebuilt = from_dict(yaml.safe_load(yaml.safe_dump(transform.to_dict())))
+    image = random_image(1, 48, 48)
+    for seed in range(6):
+        a, b = transform(image, seed=seed), rebuilt(image, seed=seed)
+        assert torch.equal(a.image, b.image) and a.meta == b.meta
+
+
+def test_unknown_preset_and_missing_anomalies():
+    from anomgen import build_preset
+
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_preset("nope")
+    with pytest.raises(ValueError, match="needs real anomalies"):
+        build_preset("prn")
