@@ -77,6 +77,12 @@ def render_preview(
     return canvas
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_png_atomic(image: Image.Image, out: str | Path) -> Path:
     """Write the PNG through a temporary file and rename, so no half-written file remains."""
     out = Path(out)
@@ -88,6 +94,7 @@ def save_png_atomic(image: Image.Image, out: str | Path) -> Path:
     os.close(handle)
     try:
         image.save(tmp, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

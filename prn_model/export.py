@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import sys
 import warnings
@@ -204,7 +205,7 @@ def export_onnx(
 
 def _require(module: str, purpose: str) -> Any:
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError:
         raise ValueError(
             f"{purpose} needs the {module!r} package (pip install onnx onnxruntime)"
@@ -225,10 +226,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
     if path.suffix.lower() == ".onnx":
         onnx = _require("onnx", "reading an ONNX export")
-        props = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-        text = props.get(_METADATA_KEY)
+        try:
+            graph = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError and friends
+            raise ValueError(f"{str(path)!r} is not an ONNX file: {error}") from None
+        text = {prop.key: prop.value for prop in graph.metadata_props}.get(_METADATA_KEY)
     else:
         files = {_METADATA_KEY: ""}
         try:
@@ -324,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             export_torchscript(model, args.out, example_size=example)
         difference = verify_export(model, args.out)
     except (ValueError, FileNotFoundError) as error:
-        print(f"prn-export: error: {error}", file=sys.stderr)
+        print(f"prn_model.export: error: {error}", file=sys.stderr)
         return 2
     if not difference <= args.atol:  # NaN fails too
         print(
-            f"prn-export: error: {args.out} differs from the eager model by {difference:.3g} "
+            f"prn_model.export: error: {args.out} differs from the eager model by {difference:.3g} "
             f"(> --atol {args.atol:g})",
             file=sys.stderr,
         )

@@ -15,7 +15,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from anomgen.io import list_images
 from anomgen.preview import save_png_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
-from prn_model.train import _overlay
+from prn_model.visualize import heatmap_overlay
 from prn_model.zoo import load_model
 
 __all__ = ["main", "predict_folder"]
@@ -37,20 +36,24 @@ MASK_SUFFIX = "_mask"
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    """Write through a temporary file and a rename: never a half-written CSV."""
-    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    """Write through a temporary file and a rename: never a half-written CSV.
+
+    The temporary file is opened normally (not with mkstemp, which makes it private to the
+    user), so the CSV gets the usual permissions.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "w", newline="") as file:
+        with tmp.open("w", newline="") as file:
             file.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def _save_heatmap(image: torch.Tensor, heat: torch.Tensor, path: Path) -> None:
     heat_2d = heat[0].float().cpu().numpy()
-    row = _overlay(image.float(), heat_2d, np.zeros_like(heat_2d))
+    row = heatmap_overlay(image.float(), heat_2d, np.zeros_like(heat_2d))
     save_png_atomic(Image.fromarray(row), path)
 
 

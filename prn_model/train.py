@@ -47,6 +47,7 @@ from prn_model.demo_data import build_demo_dataset
 from prn_model.loss import PRNLoss
 from prn_model.metrics import evaluate
 from prn_model.network import PRN, PRNConfig
+from prn_model.visualize import heatmap_overlay
 
 __all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run"]
 
@@ -105,6 +106,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def model_config(self) -> PRNConfig:
+        """The network this run trains (the zoo checks its entries against this)."""
+        return PRNConfig(backbone=self.backbone, image_size=self.image_size, top_k=self.top_k)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -236,6 +241,7 @@ def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     os.close(handle)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -318,9 +324,7 @@ def _run(
         transform,
         seed=config.seed,
     )
-    model_config = PRNConfig(
-        backbone=config.backbone, image_size=config.image_size, top_k=config.top_k
-    )
+    model_config = config.model_config()
     start, payload = 0, None
     if resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
@@ -497,15 +501,6 @@ def evaluate_split(
     return metrics
 
 
-def _overlay(image: torch.Tensor, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    rgb = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(rgb, 0.55, colour[:, :, ::-1], 0.45, 0)
-    edge = cv2.morphologyEx((mask > 0.5).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3)))
-    blended[edge > 0] = (255, 255, 255)
-    return np.concatenate([rgb, blended], axis=1)
-
-
 def _write_heatmaps(
     records: Sequence[Record],
     scores: np.ndarray,
@@ -533,7 +528,7 @@ def _write_heatmaps(
         rows = []
         for i in indices:
             image = load_image(records[i].image, config.image_size)
-            row = _overlay(image, maps[i], masks[i])
+            row = heatmap_overlay(image, maps[i], masks[i])
             cv2.putText(
                 row,
                 f"{records[i].defect_type} {scores[i]:.3f}",

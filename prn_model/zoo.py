@@ -156,11 +156,7 @@ def _unknown_keys(values: dict[str, Any], cls: type, what: str) -> None:
 
 def _trained_model_config(train: dict[str, Any]) -> PRNConfig:
     """The PRNConfig that prn_model.train.run builds from these TrainConfig values."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    values = {**defaults, **train}
-    return PRNConfig(
-        backbone=values["backbone"], image_size=values["image_size"], top_k=values["top_k"]
-    )
+    return TrainConfig(**{**train, "dataset": "demo"}).model_config()
 
 
 def _check_entry(entry: ZooEntry) -> None:

@@ -1,0 +1,165 @@
+"""TorchScript / ONNX export: the exported graphs reproduce the eager model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from prn_model.export import (
+    DeployablePRN,
+    export_onnx,
+    export_torchscript,
+    main,
+    read_metadata,
+    verify_export,
+)
+from prn_model.network import PRN, PRNConfig
+from prn_model.train import TrainConfig, run
+from prn_model.zoo import load_model
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+# torch 2.13 deprecates TorchScript and the TorchScript-based ONNX exporter (the dynamo one
+# needs onnxscript, not a dependency); prn_model.export documents this, so keep the log clean.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
+
+# float32 graphs run by other kernels (onnxruntime, fused BatchNorm) differ by ~1e-7 here.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
+
+    ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
+    """
+    out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
+    if not (out / "checkpoint.pt").is_file():
+        config = TrainConfig(
+            dataset="demo",
+            backbone="resnet18",
+            pretrained=False,
+            image_size=64,
+            steps=2,
+            batch_size=4,
+            n_anomalies=3,
+            checkpoint_every=2,
+            heatmaps=1,
+            device="cpu",
+            stop_at_step=2,
+        )
+        run(config, out)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint: Path) -> PRN:
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def exports(model: PRN, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("exports")
+    return {
+        "torchscript": export_torchscript(model, folder / "prn.pt"),
+        "onnx": export_onnx(model, folder / "prn.onnx"),
+    }
+
+
+def _images(n: int, channels: int = 3, size: int = 64, seed: int = 5) -> torch.Tensor:
+    return torch.rand((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def test_deployable_module_matches_predict(model: PRN):
+    images = _images(3)
+    scores, maps = DeployablePRN(model)(images)
+    expected_scores, expected_maps = model.predict(images)
+    assert torch.equal(scores, expected_scores) and torch.equal(maps, expected_maps)
+    assert scores.shape == (3,) and maps.shape == (3, 1, 64, 64)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_export_matches_eager_model(model: PRN, exports: dict[str, Path], kind: str):
+    path = exports[kind]
+    assert verify_export(model, path) < ATOL  # 3 random images; the trace used 2
+    assert verify_export(model, path, _images(5, seed=9)) < ATOL
+    metadata = read_metadata(path)
+    assert metadata["format"] == kind
+    assert (metadata["channels"], metadata["image_size"]) == (3, 64)
+    assert metadata["prn_config"] == model.config.to_dict()
+
+
+def test_exported_files_run_on_their_own(model: PRN, exports: dict[str, Path]):
+    images = _images(4, seed=3)
+    expected_scores, expected_maps = model.predict(images)
+    module = torch.jit.load(str(exports["torchscript"]))
+    with torch.no_grad():
+        scores, maps = module(images)
+    torch.testing.assert_close(scores, expected_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(maps, expected_maps, atol=ATOL, rtol=0)
+
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(str(exports["onnx"]), full_check=True)
+    session = onnxruntime.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
+    (graph_input,) = session.get_inputs()
+    assert graph_input.name == "images" and graph_input.shape[1:] == [3, 64, 64]
+    assert not isinstance(graph_input.shape[0], int)  # dynamic batch
+    onnx_scores, onnx_maps = session.run(["scores", "maps"], {"images": images.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_scores), expected_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(onnx_maps), expected_maps, atol=ATOL, rtol=0)
+
+
+def test_verify_export_detects_a_different_model(model: PRN, exports: dict[str, Path]):
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.decoder.logit.bias.add_(1.0)  # shifts every logit by 1
+    for path in exports.values():
+        assert verify_export(changed, path) > 0.005
+
+
+def test_grayscale_efficientnet_lite0_onnx(tmp_path: Path):
+    """EfficientNet's TF-"SAME" padding (computed per input) and 1-channel input export."""
+    torch.manual_seed(0)
+    lite = PRN(PRNConfig(backbone="efficientnet_lite0", image_size=64), pretrained=False)
+    lite.fit_prototypes(_images(4, channels=1, seed=1), n_images=4)
+    lite.eval()
+    path = export_onnx(lite, tmp_path / "lite.onnx", example_size=(2, 1, 64, 64))
+    assert read_metadata(path)["channels"] == 1
+    assert verify_export(lite, path) < ATOL
+
+
+def test_export_rejects_bad_input(model: PRN, tmp_path: Path):
+    unfitted = PRN(PRNConfig(backbone="resnet18", image_size=64), pretrained=False)
+    with pytest.raises(ValueError, match="not fitted"):
+        export_onnx(unfitted, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"\(B >= 1, C in \{1, 3\}, 64, 64\)"):
+        export_torchscript(model, tmp_path / "x.pt", example_size=(2, 3, 128, 128))
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tmp_path / "x.onnx", opset=11)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        export_onnx(model, tmp_path / "missing" / "x.onnx")
+    (tmp_path / "other.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        verify_export(model, tmp_path / "other.pt")
+    (tmp_path / "other.onnx").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not an ONNX file"):
+        verify_export(model, tmp_path / "other.onnx")
+
+
+def test_command_line(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "prn.pt"
+    assert main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "max |exported - eager|" in capsys.readouterr().out
+    assert read_metadata(out)["format"] == "torchscript"
+    missing = tmp_path / "missing.pt"
+    assert main([str(missing), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_checkpoint), "--format", "tflite", "--out", str(out)])
