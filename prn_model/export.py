@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "--channels",
         type=int,
         choices=(1, 3),
-        default=3,
-        help="input channels: those the model was trained on (default 3)",
+        default=None,
+        help="input channels (default: those the checkpoint was trained on)",
     )
     parser.add_argument(
         "--atol",
@@ -315,11 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"largest accepted |exported - eager| (default {DEFAULT_ATOL:g})",
     )
     args = parser.parse_args(argv)
+    from prn_model.train import load_checkpoint
     from prn_model.zoo import load_model
 
     try:
         model = load_model(args.checkpoint)
-        example = (_TRACE_BATCH, args.channels, model.config.image_size, model.config.image_size)
+        channels = args.channels or int(load_checkpoint(args.checkpoint).get("channels", 3))
+        example = (_TRACE_BATCH, channels, model.config.image_size, model.config.image_size)
         if args.format == "onnx":
             export_onnx(model, args.out, opset=args.opset, example_size=example)
         else:

@@ -82,6 +82,7 @@ class TrainConfig:
     normal_weight: float = 2.0
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
+    seen_blend: str = "paste"
     top_k: int = 100
     checkpoint_every: int = 100
     num_workers: int = 0
@@ -95,6 +96,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "image_size", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.seen_blend not in ("paste", "poisson"):
+            raise ValueError(f"seen_blend must be 'paste' or 'poisson', got {self.seen_blend!r}")
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
@@ -187,7 +190,7 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         [str(r.image) for r in split.few_shot], [str(r.mask) for r in split.few_shot]
     )
     return OneOf(
-        [Normal(), SeenAnomalyPaste(anomalies=pool), simulated],
+        [Normal(), SeenAnomalyPaste(anomalies=pool, blend=config.seen_blend), simulated],
         weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
     )
 
@@ -325,6 +328,7 @@ def _run(
         seed=config.seed,
     )
     model_config = config.model_config()
+    channels = int(dataset.load(0).shape[0])  # what exports should expect
     start, payload = 0, None
     if resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
@@ -386,7 +390,9 @@ def _run(
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         if dist_.main and (step % config.checkpoint_every == 0 or step == config.steps):
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, transform)
+            _save_checkpoint(
+                checkpoint_path, model, optimizer, scheduler, step, config, transform, channels
+            )
         if config.stop_at_step is not None and step >= config.stop_at_step:
             progress.close()
             return None
@@ -451,6 +457,7 @@ def _save_checkpoint(
     step: int,
     config: TrainConfig,
     transform: AnomalyTransform,
+    channels: int,
 ) -> None:
     _save_atomic(
         {
@@ -462,6 +469,7 @@ def _save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "config": config.to_dict(),
+            "channels": channels,
             "recipe": json.dumps(_recipe_dict(transform)),
             "anomgen_version": anomgen.__version__,
         },

@@ -53,6 +53,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--textures", help="texture folder for DRAEM-style pasting, e.g. DTD")
+    parser.add_argument(
+        "--seen-blend",
+        choices=["paste", "poisson"],
+        default=defaults.seen_blend,
+        help="how real defects are pasted by the seen-anomaly extension",
+    )
+    parser.add_argument(
+        "--mix",
+        type=float,
+        nargs=3,
+        metavar=("NORMAL", "SEEN", "SIMULATED"),
+        help="weights of normal / seen-extension / simulated samples (default 2 1 1)",
+    )
     parser.add_argument("--recipe", help="anomgen YAML/JSON config replacing the training mix")
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
@@ -67,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         if hasattr(args, f.name)
     }
     values["pretrained"] = not args.no_pretrained
+    if args.mix is not None:
+        values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
     return TrainConfig(**values), args.out, args.resume
 
 
