@@ -197,8 +197,12 @@ class AnomalyTransform:
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(image, mask)``: the changed (C,H,W) image and its (1,H,W) mask."""
-        raise NotImplementedError
+        """Return ``(image, mask)``: the changed (C,H,W) image and its (1,H,W) mask.
+
+        Subclasses override ``apply`` or ``apply_batch`` (or both); each defaults to the other.
+        """
+        images, masks = self.apply_batch(image[None], [params])
+        return images[0], masks[0]
 
     def strategy(self, params: dict[str, Any]) -> str:
         """The name of the leaf strategy that ``params`` used (composites override)."""

@@ -14,35 +14,9 @@ from PIL import Image
 
 from prn_model.data import load_image
 from prn_model.predict import main
-from prn_model.train import TrainConfig, run
 from prn_model.zoo import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
-
-    ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
-    """
-    out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
-    if not (out / "checkpoint.pt").is_file():
-        config = TrainConfig(
-            dataset="demo",
-            backbone="resnet18",
-            pretrained=False,
-            image_size=64,
-            steps=2,
-            batch_size=4,
-            n_anomalies=3,
-            checkpoint_every=2,
-            heatmaps=1,
-            device="cpu",
-            stop_at_step=2,
-        )
-        run(config, out)
-    return out / "checkpoint.pt"
 
 
 @pytest.fixture

@@ -12,34 +12,9 @@ import prn_model
 from anomgen import Normal
 from prn_model import zoo
 from prn_model.network import PRN, PRNConfig
-from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint, run
+from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint
 
 EXPECTED_MODELS = ["prn_lite0", "prn_lite0_mtd", "prn_resnet18_mvtec", "prn_wide_resnet50_2"]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
-
-    ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
-    """
-    out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
-    if not (out / "checkpoint.pt").is_file():
-        config = TrainConfig(
-            dataset="demo",
-            backbone="resnet18",
-            pretrained=False,
-            image_size=64,
-            steps=2,
-            batch_size=4,
-            n_anomalies=3,
-            checkpoint_every=2,
-            heatmaps=1,
-            device="cpu",
-            stop_at_step=2,
-        )
-        run(config, out)
-    return out / "checkpoint.pt"
 
 
 def _images(n: int = 3, channels: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:

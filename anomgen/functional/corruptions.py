@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anomgen.functional.photometric import check_image
+from anomgen.functional.photometric import check_image, finite_number
 
 __all__ = ["color_shift", "draw_scratches", "gaussian_blur", "gaussian_noise", "scratch"]
 
@@ -27,16 +27,6 @@ __all__ = ["color_shift", "draw_scratches", "gaussian_blur", "gaussian_noise", "
 _SUBPIXEL_BITS = 4
 _MAX_COORDINATE = 2.0**20
 _MAX_THICKNESS = 1024
-
-
-def _number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
-    return number
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
@@ -57,7 +47,7 @@ def gaussian_noise(img: Tensor, sigma: float, seed: int) -> Tensor:
     generators are different streams, so a CPU and a GPU run do not match.
     """
     check_image(img)
-    sigma = _number("sigma", sigma, 0.0)
+    sigma = finite_number("sigma", sigma, 0.0)
     seed = _integer("seed", seed, 0, 2**64 - 1)
     if sigma == 0.0:
         return img.clone()
@@ -96,7 +86,7 @@ def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     wider than the image keep reflecting back and forth, as OpenCV does.
     """
     check_image(img)
-    sigma = _number("sigma", sigma, 0.0, 1000.0)
+    sigma = finite_number("sigma", sigma, 0.0, 1000.0)
     if sigma == 0.0:
         return img.clone()
     taps = _gaussian_taps(sigma)
@@ -129,7 +119,7 @@ def color_shift(img: Tensor, offsets: Sequence[float]) -> Tensor:
         raise ValueError(f"offsets must be a sequence of {channels} numbers, got {offsets!r}")
     if len(offsets) != channels:
         raise ValueError(f"offsets needs one value per channel ({channels}), got {list(offsets)}")
-    values = [_number("offsets", v, -1.0, 1.0) for v in offsets]
+    values = [finite_number("offsets", v, -1.0, 1.0) for v in offsets]
     shift = torch.tensor(values, dtype=img.dtype).to(img.device, non_blocking=True)
     shift = shift.view(channels, 1, 1)
     return (img + shift).clamp_(0.0, 1.0)
@@ -204,7 +194,7 @@ def scratch(
     anti-aliased line mask of ``draw_scratches``, so pixels off the lines are untouched.
     """
     check_image(img)
-    intensity = _number("intensity", intensity, 0.0, 1.0)
+    intensity = finite_number("intensity", intensity, 0.0, 1.0)
     mask = draw_scratches(img.shape, lines, thickness, device=img.device, dtype=img.dtype)
     out = torch.addcmul(img, mask, torch.rsub(img, intensity))
     return out.clamp_(0.0, 1.0), mask

@@ -100,7 +100,8 @@ def check_image(img: Any, name: str = "img") -> None:
         raise ValueError(f"{name} must be (C,H,W) with C in {{1, 3}}, got {tuple(img.shape)}")
 
 
-def _finite(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+def finite_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a float, or a ValueError naming it when not finite and in [low, high]."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -115,7 +116,7 @@ def _per_channel(name: str, values: Any, channels: int, low: float, high: float)
         raise ValueError(f"{name} must be a sequence of {channels} numbers, got {values!r}")
     if len(values) != channels:
         raise ValueError(f"{name} needs one value per channel ({channels}), got {list(values)}")
-    return [_finite(name, v, low, high) for v in values]
+    return [finite_number(name, v, low, high) for v in values]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -217,8 +218,8 @@ def brightness(img: Tensor, mul: float, add: float) -> Tensor:
     (imgaug's -30..30 on 0..255 is -0.118..0.118). Grayscale images use Y = the image.
     """
     check_image(img)
-    mul = _finite("mul", mul, 0.0)
-    add = _finite("add", add, -1.0, 1.0)
+    mul = finite_number("mul", mul, 0.0)
+    add = finite_number("add", add, -1.0, 1.0)
     channels, height, width = img.shape
     if channels == 1:
         return torch.add(_scalar(add, img), img, alpha=mul).clamp_(0.0, 1.0)
@@ -235,7 +236,7 @@ def sharpness(img: Tensor, factor: float) -> Tensor:
     As in PIL, the one-pixel border keeps the original values.
     """
     check_image(img)
-    factor = _finite("factor", factor, 0.0)
+    factor = finite_number("factor", factor, 0.0)
     channels, height, width = img.shape
     if height < 3 or width < 3:
         return img.clone()
@@ -276,8 +277,8 @@ def hue_saturation(img: Tensor, hue_shift: float, saturation_shift: float) -> Te
     temporaries: fresh buffers cost page faults that outweigh the arithmetic.
     """
     check_image(img)
-    hue_shift = _finite("hue_shift", hue_shift)
-    saturation_shift = _finite("saturation_shift", saturation_shift, -1.0, 1.0)
+    hue_shift = finite_number("hue_shift", hue_shift)
+    saturation_shift = finite_number("saturation_shift", saturation_shift, -1.0, 1.0)
     if img.shape[0] == 1:
         return img.clone()
     step_scale = _step_scale(img.dtype)
@@ -325,7 +326,7 @@ def solarize(img: Tensor, threshold: float) -> Tensor:
     changes.
     """
     check_image(img)
-    threshold = _finite("threshold", threshold, 0.0)
+    threshold = finite_number("threshold", threshold, 0.0)
     if threshold > 1.0:
         return img.clone()
     if threshold == 0.0:
@@ -369,7 +370,7 @@ def autocontrast(img: Tensor, cutoff: float = 0.0) -> Tensor:
     left unchanged. PIL truncates the mapped values to integers; this does not.
     """
     check_image(img)
-    cutoff = _finite("cutoff", cutoff, 0.0, 49.0)
+    cutoff = finite_number("cutoff", cutoff, 0.0, 49.0)
     channels, height, width = img.shape
     if cutoff == 0.0:
         low = img.amin(dim=(1, 2))
@@ -416,7 +417,7 @@ def rotate(img: Tensor, angle_deg: float) -> Tensor:
     imgaug; the output keeps the input size (corners are cut, new areas are black).
     """
     check_image(img)
-    angle = _finite("angle_deg", angle_deg)
+    angle = finite_number("angle_deg", angle_deg)
     if angle % 360.0 == 0.0:
         return img.clone()
     channels, height, width = img.shape

@@ -168,12 +168,6 @@ class LocalCorruption(AnomalyTransform):
 
     # ---------------------------------------------------------------------- applying
 
-    def apply(
-        self, image: torch.Tensor, params: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = self.apply_batch(image[None], [params])
-        return images[0], masks[0]
-
     def apply_batch(
         self, images: torch.Tensor, params: Sequence[dict[str, Any]]
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,12 +125,6 @@ class PerlinTexturePaste(AnomalyTransform):
         params["beta"] = random_uniform(generator, *self.opacity)
         return params
 
-    def apply(
-        self, image: torch.Tensor, params: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = self.apply_batch(image[None], [params])
-        return images[0], masks[0]
-
     def apply_batch(
         self, images: torch.Tensor, params: Sequence[dict[str, Any]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
