@@ -83,6 +83,8 @@ class PRNConfig:
         pixels (0.15 % of a 256x256 map by default) is less noisy than the maximum yet still
         responds to small defects, which a whole-image mean would dilute (our choice).
     kmeans_max_iter: cap on Lloyd iterations when fitting the prototypes.
+    use_residuals: False feeds zeros instead of the prototype residuals (the "prototypes off"
+        ablation of docs/results.md); the architecture and its cost stay the same.
     num_prototypes: prototypes per scale; filled in by ``PRN.fit_prototypes`` so a model built
         from a saved config has buffers of the checkpoint's shapes.
     """
@@ -97,6 +99,7 @@ class PRNConfig:
     decoder_channels: tuple[int, ...] = (64, 64, 48, 32, 8)
     top_k: int = 100
     kmeans_max_iter: int = 100
+    use_residuals: bool = True
     num_prototypes: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -531,7 +534,10 @@ class PRN(nn.Module):
         if not isinstance(features, list | tuple) or len(features) != 4:
             raise ValueError("features must be the list of 4 backbone feature maps")
         n_protos = self.config.n_prototype_scales
-        residuals = self.prototypes.residuals(features[:n_protos])
+        if self.config.use_residuals:
+            residuals = self.prototypes.residuals(features[:n_protos])
+        else:  # ablation: the head sees no prototype information
+            residuals = [torch.zeros_like(f) for f in features[:n_protos]]
         # Channels-last makes the many small convolutions, resizes and poolings of the head
         # 2-7x faster on CPU (no per-op layout reorders); it changes no value.
         features = [f.contiguous(memory_format=torch.channels_last) for f in features]

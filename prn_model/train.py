@@ -83,6 +83,7 @@ class TrainConfig:
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
     seen_blend: str = "paste"
+    use_residuals: bool = True
     top_k: int = 100
     checkpoint_every: int = 100
     num_workers: int = 0
@@ -112,7 +113,12 @@ class TrainConfig:
 
     def model_config(self) -> PRNConfig:
         """The network this run trains (the zoo checks its entries against this)."""
-        return PRNConfig(backbone=self.backbone, image_size=self.image_size, top_k=self.top_k)
+        return PRNConfig(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            top_k=self.top_k,
+            use_residuals=self.use_residuals,
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

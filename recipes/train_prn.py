@@ -66,6 +66,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         metavar=("NORMAL", "SEEN", "SIMULATED"),
         help="weights of normal / seen-extension / simulated samples (default 2 1 1)",
     )
+    parser.add_argument(
+        "--no-residuals",
+        action="store_true",
+        help="ablation: feed zeros instead of the prototype residuals",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        help="image score = mean of the k largest map values",
+    )
     parser.add_argument("--recipe", help="anomgen YAML/JSON config replacing the training mix")
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
@@ -80,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         if hasattr(args, f.name)
     }
     values["pretrained"] = not args.no_pretrained
+    values["use_residuals"] = not args.no_residuals
     if args.mix is not None:
         values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
     return TrainConfig(**values), args.out, args.resume
