@@ -147,6 +147,11 @@ _ENTRIES = [
 ]
 
 
+# PRNConfig fields added after checkpoint format 1 whose defaults reproduce what older
+# checkpoints computed; a checkpoint may lack them.
+_ADDED_WITH_OLD_BEHAVIOUR = {"use_residuals"}
+
+
 def _unknown_keys(values: dict[str, Any], cls: type, what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -260,7 +265,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     state, stored = payload.get("model"), payload.get("model_config")
     if not isinstance(state, dict) or not isinstance(stored, dict):
         raise ValueError(f"{str(path)!r} is not a PRN checkpoint: no 'model' or 'model_config'")
-    missing = sorted({f.name for f in dataclasses.fields(PRNConfig)} - set(stored))
+    required = {f.name for f in dataclasses.fields(PRNConfig)} - _ADDED_WITH_OLD_BEHAVIOUR
+    missing = sorted(required - set(stored))
     if missing:
         raise ValueError(f"checkpoint {str(path)!r}: model_config lacks {missing}")
     config = PRNConfig.from_dict(stored)
