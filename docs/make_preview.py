@@ -71,8 +71,21 @@ def build() -> Path:
         config = Path(name) / "all.yaml"
         config.write_text(yaml.safe_dump(every_strategy.to_dict()))
         code = main(
-            ["preview", "--images", str(folders["normal"]), "--config", str(config),
-             "-n", "12", "--size", "128", "--seed", "97", "--out", str(OUT)]
+            [
+                "preview",
+                "--images",
+                str(folders["normal"]),
+                "--config",
+                str(config),
+                "-n",
+                "12",
+                "--size",
+                "128",
+                "--seed",
+                "97",
+                "--out",
+                str(OUT),
+            ]
         )
     if code:
         raise SystemExit(code)

@@ -86,6 +86,20 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- benchmark_mtd.py: generated from here -->", "<!-- generated until here -->"
+
+
+def _write_report(path: Path, generated: str) -> None:
+    """Replace the generated block of ``path``, keeping the hand-written analysis around it."""
+    block = f"{START}\n{generated}\n{END}"
+    text = path.read_text() if path.is_file() else ""
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = block + "\n" + text
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["mtd", "mvtec"], default="mtd")
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python recipes/benchmark_mtd.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    args.report.write_text(_report(args, runs, command.strip()))
+    _write_report(args.report, _report(args, runs, command.strip()))
     print(f"wrote {args.report}")
     return 0
 
