@@ -103,7 +103,7 @@ def test_load_model_round_trip_matches_in_memory_model(tmp_path: Path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = zoo.train_config("prn_lite0", backbone="resnet18", image_size=64, pretrained=False)
     path = tmp_path / "checkpoint.pt"
-    _save_checkpoint(path, model, optimizer, scheduler, 1, config, Normal())
+    _save_checkpoint(path, model, optimizer, scheduler, 1, config, Normal(), 3)
 
     loaded = zoo.load_model(path)
     assert not loaded.training
