@@ -257,6 +257,24 @@ def _save_atomic(payload: dict[str, Any], path: Path) -> None:
         raise
 
 
+def _nan_to_none(value: Any) -> Any:
+    """Undefined metrics are NaN; JSON has no NaN, so they are written as null."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: readers never see half a file."""
+    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by the recipe (``weights_only=True``) and check its version."""
     path = Path(path)
@@ -359,8 +377,8 @@ def _run(
         model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
     model.to(device)
     if dist_.main:
-        (out / "manifest.json").write_text(split.to_json())
-        (out / "recipe.json").write_text(json.dumps(_recipe_dict(transform), indent=2))
+        _write_text_atomic(out / "manifest.json", split.to_json())
+        _write_text_atomic(out / "recipe.json", json.dumps(transform.to_dict(), indent=2))
 
     network: torch.nn.Module = model
     if dist_.world > 1:
@@ -412,8 +430,8 @@ def _run(
     metrics["peak_rss_mib"] = _peak_rss_mib()
     metrics["world_size"] = dist_.world
     metrics["rank_fingerprints"] = fingerprints
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "summary.md").write_text(_summary(metrics, config, split))
+    _write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
+    _write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
 
 
@@ -451,10 +469,6 @@ def _cosine(steps: int):
     return factor
 
 
-def _recipe_dict(transform: AnomalyTransform) -> dict[str, Any]:
-    return transform.to_dict()
-
-
 def _save_checkpoint(
     path: Path,
     model: PRN,
@@ -476,7 +490,7 @@ def _save_checkpoint(
             "rng": {"torch": torch.get_rng_state()},
             "config": config.to_dict(),
             "channels": channels,
-            "recipe": json.dumps(_recipe_dict(transform)),
+            "recipe": json.dumps(transform.to_dict()),
             "anomgen_version": anomgen.__version__,
         },
         path,
