@@ -45,7 +45,7 @@ from prn_model.data import (
 )
 from prn_model.demo_data import build_demo_dataset
 from prn_model.loss import PRNLoss
-from prn_model.metrics import evaluate
+from prn_model.metrics import METRIC_NAMES, evaluate
 from prn_model.network import PRN, PRNConfig
 from prn_model.visualize import heatmap_overlay
 
@@ -573,15 +573,7 @@ def _write_heatmaps(
 
 
 def _summary(metrics: dict[str, Any], config: TrainConfig, split: Split) -> str:
-    keys = [
-        "image_auroc",
-        "image_ap",
-        "image_f1_max",
-        "pixel_auroc",
-        "pixel_ap",
-        "pixel_f1_max",
-        "aupro",
-    ]
+    keys = METRIC_NAMES
     lines = [
         f"# PRN run: {config.dataset}" + (f" / {config.category}" if config.category else ""),
         "",

@@ -80,7 +80,8 @@ def color_jitter(
     return image
 
 
-def _check_box(name: str, box: Sequence[int], height: int, width: int) -> Box:
+def check_box(name: str, box: Sequence[int], height: int, width: int) -> Box:
+    """``box`` = (top, left, height, width) as ints, checked to lie inside the image."""
     try:
         top, left, box_h, box_w = (int(v) for v in box)
     except (TypeError, ValueError):
@@ -114,8 +115,8 @@ def cut_paste(
     """
     _check_image(image)
     height, width = image.shape[-2:]
-    top, left, box_h, box_w = _check_box("box_src", box_src, height, width)
-    dst_top, dst_left, dst_h, dst_w = _check_box("box_dst", box_dst, height, width)
+    top, left, box_h, box_w = check_box("box_src", box_src, height, width)
+    dst_top, dst_left, dst_h, dst_w = check_box("box_dst", box_dst, height, width)
     if (dst_h, dst_w) != (box_h, box_w):
         raise ValueError(
             f"box_dst {tuple(box_dst)!r} must have the size of box_src {tuple(box_src)!r}"
@@ -150,7 +151,7 @@ def cut_paste_scar(
     """
     _check_image(image)
     height, width = image.shape[-2:]
-    top, left, length, strip_w = _check_box("box_src", box_src, height, width)
+    top, left, length, strip_w = check_box("box_src", box_src, height, width)
     try:
         center_y, center_x = (float(v) for v in center_dst)
     except (TypeError, ValueError):

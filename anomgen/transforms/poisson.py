@@ -16,6 +16,7 @@ import torch
 
 from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
 from anomgen.functional.blend import poisson_blend
+from anomgen.functional.cutpaste import check_box
 from anomgen.io import TexturePool, resize
 from anomgen.transforms.seen import check_foreground, sample_position
 
@@ -90,16 +91,7 @@ class PoissonPatch(AnomalyTransform):
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         channels, height, width = image.shape
-        top, left, box_h, box_w = (int(v) for v in params["box"])
-        if (
-            box_h < 1
-            or box_w < 1
-            or top < 0
-            or left < 0
-            or top + box_h > height
-            or left + box_w > width
-        ):
-            raise ValueError(f"box {params['box']!r} does not fit a {height}x{width} image")
+        top, left, box_h, box_w = check_box("box", params["box"], height, width)
         index = int(params["source"])
         if index < 0:
             source = image
