@@ -146,3 +146,13 @@ def test_preview_on_real_data(shared_data: Path, tmp_path):
         ]
     )
     assert code == 0 and out.is_file()
+
+
+def test_anomgen_stands_alone():
+    """anomgen never imports prn_model (it is a library of its own)."""
+    code = (
+        "import sys, anomgen, anomgen.cli, anomgen.dataset;"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'prn_model'];"
+        "sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
