@@ -51,28 +51,35 @@ def random_image(channels: int = 3, height: int = 64, width: int = 64, seed: int
     return torch.rand((channels, height, width), generator=generator) * 0.6 + 0.2
 
 
+def tiny_train_config(**overrides):
+    """A training run small enough for tests: demo data, random resnet18, 64 px, CPU."""
+    from prn_model.train import TrainConfig
+
+    values = dict(
+        dataset="demo",
+        backbone="resnet18",
+        pretrained=False,
+        image_size=64,
+        steps=6,
+        batch_size=4,
+        n_anomalies=3,
+        checkpoint_every=2,
+        heatmaps=2,
+        device="cpu",
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step resnet18 checkpoint written by the training recipe, shared by the session.
 
     ``stop_at_step`` ends the run right after the checkpoint, skipping the evaluation.
     """
-    from prn_model.train import TrainConfig, run
+    from prn_model.train import run
 
     out = tmp_path_factory.getbasetemp() / "prn_tiny_run"
     if not (out / "checkpoint.pt").is_file():
-        config = TrainConfig(
-            dataset="demo",
-            backbone="resnet18",
-            pretrained=False,
-            image_size=64,
-            steps=2,
-            batch_size=4,
-            n_anomalies=3,
-            checkpoint_every=2,
-            heatmaps=1,
-            device="cpu",
-            stop_at_step=2,
-        )
+        config = tiny_train_config(steps=2, heatmaps=1, stop_at_step=2)
         run(config, out)
     return out / "checkpoint.pt"

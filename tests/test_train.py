@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prn_model.train import TrainConfig, load_checkpoint, run
+from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_STEPS = 150
@@ -19,25 +20,8 @@ REAL_MIN_IMAGE_AUROC = 0.85  # measured 0.928 (image 128 px, 150 steps, seed 0)
 REAL_MIN_PIXEL_AUROC = 0.65  # measured 0.758
 
 
-def tiny(**overrides) -> TrainConfig:
-    values = dict(
-        dataset="demo",
-        backbone="resnet18",
-        pretrained=False,
-        image_size=64,
-        steps=6,
-        batch_size=4,
-        n_anomalies=3,
-        checkpoint_every=2,
-        heatmaps=2,
-        device="cpu",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
 def test_smoke_run_writes_all_outputs(tmp_path):
-    metrics = run(tiny(), tmp_path / "run")
+    metrics = run(tiny_train_config(), tmp_path / "run")
     out = tmp_path / "run"
     for name in ("metrics.json", "summary.md", "manifest.json", "recipe.json", "checkpoint.pt"):
         assert (out / name).is_file(), name
@@ -53,10 +37,10 @@ def test_smoke_run_writes_all_outputs(tmp_path):
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
-    run(tiny(), tmp_path / "straight")
-    run(tiny(stop_at_step=3), tmp_path / "resumed")
+    run(tiny_train_config(), tmp_path / "straight")
+    run(tiny_train_config(stop_at_step=3), tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
-    run(tiny(), tmp_path / "resumed", resume=True)
+    run(tiny_train_config(), tmp_path / "resumed", resume=True)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
@@ -65,9 +49,9 @@ def test_resume_reaches_the_same_weights(tmp_path):
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):
-    run(tiny(steps=2), tmp_path / "run")
+    run(tiny_train_config(steps=2), tmp_path / "run")
     with pytest.raises(ValueError, match="another configuration.*lr"):
-        run(tiny(steps=2, lr=0.5), tmp_path / "run", resume=True)
+        run(tiny_train_config(steps=2, lr=0.5), tmp_path / "run", resume=True)
 
 
 def test_bad_checkpoint_is_reported(tmp_path):
