@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,16 @@ from tqdm.auto import tqdm
 import anomgen
 from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
 from anomgen.preview import save_png_atomic
-from anomgen.transforms import CutPasteScar, Normal, OneOf, PerlinTexturePaste, SeenAnomalyPaste
+from anomgen.transforms import (
+    CutPaste,
+    CutPasteScar,
+    LocalCorruption,
+    Normal,
+    OneOf,
+    PerlinTexturePaste,
+    PoissonPatch,
+    SeenAnomalyPaste,
+)
 from prn_model.data import (
     Record,
     Split,
@@ -53,6 +62,10 @@ __all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run"]
 
 CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
+# Simulated-anomaly strategies a run can mix (``TrainConfig.simulated``), in equal shares.
+# "texture" pastes from --textures (DTD), or from the image itself when none are given;
+# "self_texture" always pastes an augmented copy of the image itself.
+SIMULATION_STRATEGIES = ("texture", "self_texture", "scar", "cutpaste", "poisson", "corruption")
 # Keys that may differ between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 
@@ -83,7 +96,9 @@ class TrainConfig:
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
     seen_blend: str = "paste"
+    simulated: list[str] = field(default_factory=lambda: ["texture", "scar"])
     use_residuals: bool = True
+    attention_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     top_k: int = 100
     checkpoint_every: int = 100
     num_workers: int = 0
@@ -97,6 +112,21 @@ class TrainConfig:
         for name in ("steps", "batch_size", "image_size", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        divisors = self.attention_divisors
+        if (
+            isinstance(divisors, int | str)
+            or not divisors
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in divisors)
+        ):
+            raise ValueError(f"attention_divisors must be positive ints, got {divisors!r}")
+        self.attention_divisors = list(divisors)
+        unknown = [name for name in self.simulated if name not in SIMULATION_STRATEGIES]
+        if isinstance(self.simulated, str) or not self.simulated or unknown:
+            raise ValueError(
+                f"simulated must name strategies among {SIMULATION_STRATEGIES}, "
+                f"got {self.simulated!r}"
+            )
+        self.simulated = list(self.simulated)
         if self.seen_blend not in ("paste", "poisson"):
             raise ValueError(f"seen_blend must be 'paste' or 'poisson', got {self.seen_blend!r}")
         if self.n_anomalies < 0:
@@ -118,6 +148,7 @@ class TrainConfig:
             image_size=self.image_size,
             top_k=self.top_k,
             use_residuals=self.use_residuals,
+            attention_divisors=tuple(self.attention_divisors),
         )
 
     @classmethod
@@ -189,7 +220,7 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         import yaml
 
         return from_dict(yaml.safe_load(Path(config.recipe).read_text()))
-    simulated = OneOf([PerlinTexturePaste(textures=config.textures), CutPasteScar()])
+    simulated = OneOf([_simulation(name, config) for name in config.simulated])
     if not split.few_shot:
         return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
     pool = AnomalyPool(
@@ -199,6 +230,20 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         [Normal(), SeenAnomalyPaste(anomalies=pool, blend=config.seen_blend), simulated],
         weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
     )
+
+
+def _simulation(name: str, config: TrainConfig) -> AnomalyTransform:
+    if name == "texture":
+        return PerlinTexturePaste(textures=config.textures)
+    if name == "self_texture":
+        return PerlinTexturePaste(textures=None)
+    if name == "scar":
+        return CutPasteScar()
+    if name == "cutpaste":
+        return CutPaste()
+    if name == "poisson":
+        return PoissonPatch()
+    return LocalCorruption()
 
 
 class _StepBatches:

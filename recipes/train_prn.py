@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from prn_model.train import DATASETS, TrainConfig, run
+from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="how real defects are pasted by the seen-anomaly extension",
     )
     parser.add_argument(
+        "--simulated",
+        nargs="+",
+        choices=SIMULATION_STRATEGIES,
+        default=defaults.simulated,
+        help="simulated-anomaly strategies, mixed in equal shares",
+    )
+    parser.add_argument(
         "--mix",
         type=float,
         nargs=3,
@@ -70,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         "--no-residuals",
         action="store_true",
         help="ablation: feed zeros instead of the prototype residuals",
+    )
+    parser.add_argument(
+        "--attention-divisors",
+        type=int,
+        nargs="+",
+        default=defaults.attention_divisors,
+        help="MSSA patch sizes as divisors of each map side (1 = the whole map)",
     )
     parser.add_argument(
         "--top-k",

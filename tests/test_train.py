@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from prn_model.train import TrainConfig, load_checkpoint, run
+from prn_model.data import make_split
+from prn_model.train import TrainConfig, build_transform, load_checkpoint, read_records, run
+from prn_model.zoo import load_model
+from recipes.train_prn import parse_args
 from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +65,46 @@ def test_bad_checkpoint_is_reported(tmp_path):
     torch.save({"version": 99}, path)
     with pytest.raises(ValueError, match="version 99"):
         load_checkpoint(path)
+
+
+def test_attention_divisors_reach_the_model_and_are_validated(tmp_path):
+    config = tiny_train_config(steps=2, attention_divisors=(1,), stop_at_step=2)
+    assert config.model_config().attention_divisors == (1,)
+    run(config, tmp_path / "run")
+    assert load_model(tmp_path / "run" / "checkpoint.pt").config.attention_divisors == (1,)
+    for bad in ([], [0], 4, ["2"], [True]):
+        with pytest.raises(ValueError, match="attention_divisors"):
+            tiny_train_config(attention_divisors=bad)
+
+
+@pytest.mark.parametrize("names", [["self_texture"], ["cutpaste", "poisson", "corruption"]])
+def test_simulated_strategies_build_the_training_mix(names, tmp_path):
+    config = tiny_train_config(simulated=names)
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    simulated = build_transform(config, split).transforms[-1]
+    assert [type(t).__name__ for t in simulated.transforms] == [
+        {
+            "self_texture": "PerlinTexturePaste",
+            "cutpaste": "CutPaste",
+            "poisson": "PoissonPatch",
+            "corruption": "LocalCorruption",
+        }[name]
+        for name in names
+    ]
+    for bad in ([], ["texture", "dream"], "texture"):
+        with pytest.raises(ValueError, match="simulated"):
+            tiny_train_config(simulated=bad)
+
+
+def test_recipe_parses_ablation_switches():
+    config, out, _ = parse_args(
+        ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
+        + ["--simulated", "self_texture", "poisson"]
+    )
+    assert config.attention_divisors == [1, 2]
+    assert config.simulated == ["self_texture", "poisson"]
+    assert (config.normal_weight, config.seen_weight, config.simulated_weight) == (2, 0, 1)
+    assert config.use_residuals is False and out == Path("runs/prn")
 
 
 def test_recipe_cli_errors():
