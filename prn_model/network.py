@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prn_model.prototypes import PrototypeBank
+from prn_model.prototypes import MATCHING_MODES, PrototypeBank
 
 __all__ = [
     "PRN",
@@ -83,6 +83,10 @@ class PRNConfig:
         pixels (0.15 % of a 256x256 map by default) is less noisy than the maximum yet still
         responds to small defects, which a whole-image mean would dilute (our choice).
     kmeans_max_iter: cap on Lloyd iterations when fitting the prototypes.
+    prototype_matching: "image" (the paper: each map is compared with its nearest whole normal
+        feature map) or "patch" (ours, for unaligned textures: each location is compared with
+        its nearest of ``patch_prototypes`` normal feature vectors); see prn_model.prototypes.
+    patch_prototypes: prototypes per scale with patch matching.
     use_residuals: False feeds zeros instead of the prototype residuals (the "prototypes off"
         ablation of docs/results.md); the architecture and its cost stay the same.
     num_prototypes: prototypes per scale; filled in by ``PRN.fit_prototypes`` so a model built
@@ -99,6 +103,8 @@ class PRNConfig:
     decoder_channels: tuple[int, ...] = (64, 64, 48, 32, 8)
     top_k: int = 100
     kmeans_max_iter: int = 100
+    prototype_matching: str = "image"
+    patch_prototypes: int = 512
     use_residuals: bool = True
     num_prototypes: tuple[int, ...] | None = field(default=None)
 
@@ -122,6 +128,12 @@ class PRNConfig:
         self.decoder_channels = _positive_ints("decoder_channels", self.decoder_channels, 5)
         _positive_int("top_k", self.top_k)
         _positive_int("kmeans_max_iter", self.kmeans_max_iter)
+        if self.prototype_matching not in MATCHING_MODES:
+            raise ValueError(
+                f"prototype_matching must be one of {MATCHING_MODES}, "
+                f"got {self.prototype_matching!r}"
+            )
+        _positive_int("patch_prototypes", self.patch_prototypes)
         if self.num_prototypes is not None:
             self.num_prototypes = _positive_ints(
                 "num_prototypes", self.num_prototypes, self.n_prototype_scales
@@ -422,7 +434,9 @@ class PRN(nn.Module):
 
         feature_shapes = self._probe_feature_shapes()
         n_protos = config.n_prototype_scales
-        self.prototypes = PrototypeBank(feature_shapes[:n_protos], config.num_prototypes)
+        self.prototypes = PrototypeBank(
+            feature_shapes[:n_protos], config.num_prototypes, matching=config.prototype_matching
+        )
         sizes = [shape[1:] for shape in feature_shapes[:3]]
         widths = config.fusion_channels
         channels = [shape[0] for shape in feature_shapes]
@@ -515,6 +529,7 @@ class PRN(nn.Module):
             ratio=self.config.prototype_ratio,
             seed=seed,
             max_iter=self.config.kmeans_max_iter,
+            k=self.config.patch_prototypes,
         )
         self._sync_config()
         return self

@@ -5,6 +5,12 @@ the training images' feature maps, each map flattened to one C*H*W vector. At ru
 input map is compared with its nearest prototype and the element-wise squared difference (the
 "residual") tells the network where and how the input departs from normal.
 
+``matching="patch"`` is our variant for textures that are not aligned from image to image
+(MTD tiles, fabrics): the prototypes are k-means centres of single feature *vectors* (one per
+location of every normal map), and every location of an input map is compared with its own
+nearest centre. Whole-map matching needs a normal image laid out like the input; patch
+matching only needs the same local appearance somewhere in the normal set (as PatchCore).
+
 Memory: ``PrototypeBank.fit`` writes the feature maps of all normal images straight into one
 preallocated (n, C*H*W) tensor per scale (no list of batches, no ``torch.cat``), and ``kmeans``
 only reads that tensor through row slices (views), a few rows at a time. Its temporaries are
@@ -22,9 +28,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "MATCHING_MODES",
     "NearestPrototype",
     "PrototypeBank",
     "kmeans",
+    "nearest_patch_prototype",
     "nearest_prototype",
     "num_prototypes",
 ]
@@ -42,6 +50,12 @@ def num_prototypes(n_normal: int, ratio: float = 0.1) -> int:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
     return max(1, math.floor(ratio * n_normal + 0.5))
 
+
+MATCHING_MODES = ("image", "patch")
+# Patch matching clusters at most this many feature vectors per scale (a seeded random
+# subset of all locations of all normal images): k-means cost grows with the rows (about
+# 20 s of seeding and 1 s per Lloyd step per scale at this size on 2 CPU cores).
+_MAX_PATCH_ROWS = 65_536
 
 # Rows per k-means chunk are chosen so that one chunk holds about this many elements.
 _CHUNK_ELEMENTS = 2**24
@@ -207,9 +221,45 @@ def nearest_prototype(
     return NearestPrototype(index=index, distance=distance, residual=residual)
 
 
+def nearest_patch_prototype(
+    features: Tensor, prototypes: Tensor, prototype_norms: Tensor | None = None
+) -> Tensor:
+    """Residual ``(feature - nearest centre) ** 2`` where each location picks its own centre.
+
+    ``features`` (B, C, H, W), ``prototypes`` (K, C, 1, 1); returns (B, C, H, W).
+    """
+    if not isinstance(features, Tensor) or features.ndim != 4:
+        raise ValueError(f"features must be a (B, C, H, W) tensor, got {_describe(features)}")
+    if (
+        not isinstance(prototypes, Tensor)
+        or prototypes.ndim != 4
+        or prototypes.shape[0] < 1
+        or prototypes.shape[1:] != (features.shape[1], 1, 1)
+    ):
+        raise ValueError(
+            f"prototypes must be a (K>=1, {features.shape[1]}, 1, 1) tensor, "
+            f"got {_describe(prototypes)}"
+        )
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        batch, channels, height, width = features.shape
+        vectors = features.float().permute(0, 2, 3, 1).reshape(-1, channels)
+        centres = prototypes.float().flatten(1)
+        distances = _squared_distances(
+            vectors,
+            vectors.square().sum(dim=1),
+            centres,
+            None if prototype_norms is None else prototype_norms.float(),
+        )
+        nearest = centres[distances.argmin(dim=1)]
+        residual = (vectors - nearest).square()
+    return residual.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
 class PrototypeBank(nn.Module):
     """PRN multi-scale prototypes (Sec. 3.2): K whole normal feature maps per scale.
 
+    With ``matching="patch"`` the K prototypes of a scale are feature vectors (K_i, C_i, 1, 1)
+    matched location by location (see the module docstring).
     The prototypes are buffers ``prototypes_{i}`` of shape (K_i, C_i, H_i, W_i), so they travel
     in the state dict. Before fitting they have K_i = 0 unless ``num_prototypes`` is given (to
     build a model whose buffer shapes match a checkpoint); loading a state dict also adopts the
@@ -221,18 +271,25 @@ class PrototypeBank(nn.Module):
         self,
         feature_shapes: Sequence[Sequence[int]],
         num_prototypes: Sequence[int] | None = None,
+        matching: str = "image",
     ) -> None:
         super().__init__()
         shapes = [tuple(int(v) for v in shape) for shape in feature_shapes]
         if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
             raise ValueError(f"feature_shapes must be non-empty (C, H, W) triples, got {shapes}")
+        if matching not in MATCHING_MODES:
+            raise ValueError(f"matching must be one of {MATCHING_MODES}, got {matching!r}")
+        self.matching = matching
         counts = [0] * len(shapes) if num_prototypes is None else [int(k) for k in num_prototypes]
         if len(counts) != len(shapes) or any(k < 0 for k in counts):
             raise ValueError(
                 f"num_prototypes must hold {len(shapes)} non-negative ints, got {num_prototypes}"
             )
         self.feature_shapes: list[tuple[int, int, int]] = shapes  # type: ignore[assignment]
-        for scale, (shape, count) in enumerate(zip(shapes, counts)):
+        self.prototype_shapes = [
+            shape if matching == "image" else (shape[0], 1, 1) for shape in shapes
+        ]
+        for scale, (shape, count) in enumerate(zip(self.prototype_shapes, counts)):
             self.register_buffer(f"prototypes_{scale}", torch.zeros((count, *shape)))
             # |prototype|^2, derived from the prototypes (hence not saved), cached for inference
             self.register_buffer(f"norms_{scale}", torch.zeros(count), persistent=False)
@@ -276,13 +333,19 @@ class PrototypeBank(nn.Module):
         ratio: float = 0.1,
         seed: int = 0,
         max_iter: int = 100,
+        k: int | None = None,
     ) -> PrototypeBank:
         """Cluster the feature maps of ``n`` normal images into ``num_prototypes(n, ratio)``.
 
         ``feature_batches`` yields, per batch of images, a list of feature maps (one per scale;
         extra deeper scales are ignored). The total batch size must equal ``n``, which lets the
-        bank be preallocated once (see the module docstring).
+        bank be preallocated once (see the module docstring). With patch matching, ``k``
+        (required there) centres are fitted to at most 65,536 of the n * H * W vectors.
         """
+        if self.matching == "patch":
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"patch matching needs k >= 1 prototypes, got {k!r}")
+            return self._fit_patches(feature_batches, n, k, seed, max_iter)
         k = num_prototypes(n, ratio)
         banks: list[Tensor] = []
         filled = 0
@@ -315,6 +378,55 @@ class PrototypeBank(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    def _fit_patches(
+        self, feature_batches: Iterable[Sequence[Tensor]], n: int, k: int, seed: int, max_iter: int
+    ) -> PrototypeBank:
+        """Patch matching: k-means over a seeded subset of the feature vectors of each scale.
+
+        Each image contributes the same number of locations, drawn without replacement, so
+        the bank is preallocated and never holds more than ``_MAX_PATCH_ROWS`` rows per scale.
+        """
+        generator = torch.Generator().manual_seed(int(seed))
+        per_image = [
+            max(1, min(h * w, _MAX_PATCH_ROWS // max(1, n))) for _, h, w in self.feature_shapes
+        ]
+        banks: list[Tensor] = []
+        filled = 0
+        for batch in feature_batches:
+            maps = self._check_features(batch)
+            size = maps[0].shape[0]
+            if any(m.shape[0] != size for m in maps):
+                raise ValueError("all scales of a batch must have the same batch size")
+            if filled + size > n:
+                raise ValueError(f"feature_batches yielded more than n={n} samples")
+            if not banks:
+                banks = [
+                    torch.empty((n * count, m.shape[1]), dtype=torch.float32, device=m.device)
+                    for m, count in zip(maps, per_image)
+                ]
+            for bank, feature, count in zip(banks, maps, per_image):
+                vectors = feature.flatten(2).transpose(1, 2)  # (B, H*W, C)
+                for row, image_vectors in enumerate(vectors, start=filled):
+                    chosen = torch.randperm(image_vectors.shape[0], generator=generator)[:count]
+                    bank[row * count : (row + 1) * count].copy_(
+                        image_vectors[chosen.to(feature.device)]
+                    )
+            filled += size
+        if filled != n:
+            raise ValueError(f"feature_batches yielded {filled} samples, expected n={n}")
+        kmeans_generator = torch.Generator(device=banks[0].device).manual_seed(int(seed))
+        for scale in range(self.n_scales):
+            bank = banks.pop(0)
+            centres, _ = kmeans(
+                bank, min(k, bank.shape[0]), generator=kmeans_generator, max_iter=max_iter
+            )
+            del bank
+            prototypes = centres[:, :, None, None]
+            setattr(self, f"prototypes_{scale}", prototypes.to(self.fitted.device))
+        self._update_norms()
+        self.fitted.fill_(True)
+        return self
+
     def _update_norms(self) -> None:
         for scale, prototypes in enumerate(self.prototypes):
             setattr(self, f"norms_{scale}", prototypes.square().flatten(1).sum(dim=1))
@@ -326,6 +438,11 @@ class PrototypeBank(nn.Module):
                 "prototypes are not fitted: call fit() (or PRN.fit_prototypes) or load a state dict"
             )
         maps = self._check_features(features)
+        if self.matching == "patch":
+            return [
+                nearest_patch_prototype(feature, prototypes, getattr(self, f"norms_{scale}"))
+                for scale, (feature, prototypes) in enumerate(zip(maps, self.prototypes))
+            ]
         return [
             nearest_prototype(feature, prototypes, getattr(self, f"norms_{scale}")).residual
             for scale, (feature, prototypes) in enumerate(zip(maps, self.prototypes))
@@ -336,7 +453,7 @@ class PrototypeBank(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args) -> None:
         """Adopt the stored number of prototypes (K) so a fresh bank loads a fitted one."""
-        for scale, shape in enumerate(self.feature_shapes):
+        for scale, shape in enumerate(self.prototype_shapes):
             key = f"{prefix}prototypes_{scale}"
             stored = state_dict.get(key)
             if isinstance(stored, Tensor) and stored.ndim == 4 and stored.shape[1:] == shape:

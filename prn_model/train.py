@@ -98,6 +98,8 @@ class TrainConfig:
     seen_blend: str = "paste"
     simulated: list[str] = field(default_factory=lambda: ["texture", "scar"])
     use_residuals: bool = True
+    prototype_matching: str = "image"
+    patch_prototypes: int = 512
     attention_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     top_k: int = 100
     checkpoint_every: int = 100
@@ -148,6 +150,8 @@ class TrainConfig:
             image_size=self.image_size,
             top_k=self.top_k,
             use_residuals=self.use_residuals,
+            prototype_matching=self.prototype_matching,
+            patch_prototypes=self.patch_prototypes,
             attention_divisors=tuple(self.attention_divisors),
         )
 

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
 
 
@@ -77,6 +78,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         "--no-residuals",
         action="store_true",
         help="ablation: feed zeros instead of the prototype residuals",
+    )
+    parser.add_argument(
+        "--prototype-matching",
+        choices=MATCHING_MODES,
+        default=defaults.prototype_matching,
+        help="image: nearest whole normal map (paper); patch: nearest normal feature vector "
+        "at each location (for unaligned textures such as MTD)",
+    )
+    parser.add_argument(
+        "--patch-prototypes",
+        type=int,
+        default=defaults.patch_prototypes,
+        help="prototypes per scale with --prototype-matching patch",
     )
     parser.add_argument(
         "--attention-divisors",

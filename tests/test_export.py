@@ -109,6 +109,19 @@ def test_grayscale_efficientnet_lite0_onnx(tmp_path: Path):
     assert verify_export(lite, path) < ATOL
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_patch_matching_model_exports(tmp_path: Path, kind: str):
+    torch.manual_seed(0)
+    config = PRNConfig(
+        backbone="resnet18", image_size=64, prototype_matching="patch", patch_prototypes=6
+    )
+    patch = PRN(config, pretrained=False)
+    patch.fit_prototypes(_images(4, seed=2), n_images=4)
+    patch.eval()
+    export = export_onnx if kind == "onnx" else export_torchscript
+    assert verify_export(patch, export(patch, tmp_path / f"patch.{kind}")) < ATOL
+
+
 def test_export_rejects_bad_input(model: PRN, tmp_path: Path):
     unfitted = PRN(PRNConfig(backbone="resnet18", image_size=64), pretrained=False)
     with pytest.raises(ValueError, match="not fitted"):

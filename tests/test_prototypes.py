@@ -10,6 +10,7 @@ from prn_model.prototypes import (
     PrototypeBank,
     _reseed_empty,
     kmeans,
+    nearest_patch_prototype,
     nearest_prototype,
     num_prototypes,
 )
@@ -214,3 +215,65 @@ def test_bank_rejects_a_state_dict_with_other_map_shapes():
     )
     with pytest.raises(RuntimeError, match="size mismatch"):
         PrototypeBank(SHAPES).load_state_dict(other.state_dict())
+
+
+# ------------------------------------------------------------------------- patch matching
+
+
+def test_nearest_patch_prototype_matches_brute_force_per_location():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.rand(2, 5, 3, 4, generator=generator)
+    prototypes = torch.rand(7, 5, 1, 1, generator=generator)
+    residual = nearest_patch_prototype(features, prototypes)
+    centres = prototypes.flatten(1)
+    for b in range(2):
+        for y in range(3):
+            for x in range(4):
+                vector = features[b, :, y, x]
+                nearest = centres[(centres - vector).square().sum(dim=1).argmin()]
+                torch.testing.assert_close(residual[b, :, y, x], (vector - nearest).square())
+
+
+def test_nearest_patch_prototype_is_zero_at_the_prototypes_and_rejects_bad_shapes():
+    prototypes = torch.rand(6, 4, 1, 1)
+    features = prototypes.flatten(1).T.reshape(1, 4, 2, 3)
+    assert torch.count_nonzero(nearest_patch_prototype(features, prototypes)) == 0
+    with pytest.raises(ValueError, match=r"\(K>=1, 4, 1, 1\)"):
+        nearest_patch_prototype(features, torch.rand(6, 4, 2, 3))
+    with pytest.raises(ValueError, match="features"):
+        nearest_patch_prototype(torch.rand(4, 2, 3), prototypes)
+
+
+def test_patch_bank_fits_k_feature_vectors_per_scale_deterministically():
+    def fitted(seed: int) -> PrototypeBank:
+        bank = PrototypeBank(SHAPES, matching="patch")
+        return bank.fit(_feature_batches(10, 4), n=10, seed=seed, k=5)
+
+    bank = fitted(0)
+    assert [tuple(p.shape) for p in bank.prototypes] == [(5, c, 1, 1) for c, _, _ in SHAPES]
+    assert all(torch.equal(a, b) for a, b in zip(bank.prototypes, fitted(0).prototypes))
+    residuals = bank.residuals(_feature_batches(3, 3, seed=9)[0])
+    assert [tuple(r.shape) for r in residuals] == [(3, *s) for s in SHAPES]
+    fresh = PrototypeBank(SHAPES, matching="patch")
+    fresh.load_state_dict(bank.state_dict())
+    for a, b in zip(fresh.residuals(_feature_batches(3, 3, seed=9)[0]), residuals):
+        torch.testing.assert_close(a, b)
+
+
+def test_patch_matching_accepts_a_shifted_normal_texture_that_whole_maps_reject():
+    """Normal maps are stripes of two vectors; a shifted copy is still normal texture."""
+    a, b = torch.rand(4), torch.rand(4) + 1.0
+    stripes = torch.stack([a, b] * 4, dim=-1)[:, None, :].expand(4, 8, 8)  # (C, H, W)
+    batches = [[stripes.expand(3, 4, 8, 8).clone()]]
+    shifted = [torch.roll(batches[0][0][:1], shifts=1, dims=-1)]
+    patch = PrototypeBank([(4, 8, 8)], matching="patch").fit(batches, n=3, k=2)
+    image = PrototypeBank([(4, 8, 8)]).fit(batches, n=3)
+    assert patch.residuals(shifted)[0].max() < 1e-9
+    assert image.residuals(shifted)[0].max() > 0.5
+
+
+def test_patch_bank_rejects_bad_settings():
+    with pytest.raises(ValueError, match="matching"):
+        PrototypeBank(SHAPES, matching="pixel")
+    with pytest.raises(ValueError, match="k >= 1"):
+        PrototypeBank(SHAPES, matching="patch").fit(_feature_batches(4, 4), n=4)

@@ -96,11 +96,22 @@ def test_simulated_strategies_build_the_training_mix(names, tmp_path):
             tiny_train_config(simulated=bad)
 
 
+def test_patch_matching_run_writes_a_loadable_checkpoint(tmp_path):
+    config = tiny_train_config(prototype_matching="patch", patch_prototypes=8, stop_at_step=2)
+    run(config, tmp_path / "run")
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.config.prototype_matching == "patch"
+    assert [p.shape[0] for p in model.prototypes.prototypes] == [8, 8, 8]
+    scores, maps = model.predict(torch.rand(2, 3, 80, 72))
+    assert scores.shape == (2,) and maps.shape == (2, 1, 80, 72)
+
+
 def test_recipe_parses_ablation_switches():
     config, out, _ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
-        + ["--simulated", "self_texture", "poisson"]
+        + ["--simulated", "self_texture", "poisson", "--prototype-matching", "patch"]
     )
+    assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
     assert config.simulated == ["self_texture", "poisson"]
     assert (config.normal_weight, config.seen_weight, config.simulated_weight) == (2, 0, 1)
