@@ -21,7 +21,7 @@ block and O(k * C*H*W) for the centres, so at most one copy of the feature bank 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -342,55 +342,49 @@ class PrototypeBank(nn.Module):
         bank be preallocated once (see the module docstring). With patch matching, ``k``
         (required there) centres are fitted to at most 65,536 of the n * H * W vectors.
         """
-        if self.matching == "patch":
+        patch = self.matching == "patch"
+        if patch:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"patch matching needs k >= 1 prototypes, got {k!r}")
-            return self._fit_patches(feature_batches, n, k, seed, max_iter)
-        k = num_prototypes(n, ratio)
+            # Each image gives the same number of locations, drawn without replacement.
+            per_image = [
+                max(1, min(h * w, _MAX_PATCH_ROWS // n)) for _, h, w in self.feature_shapes
+            ]
+        else:
+            k = num_prototypes(n, ratio)
+            per_image = [1] * self.n_scales
+        sampler = torch.Generator().manual_seed(int(seed))
         banks: list[Tensor] = []
-        filled = 0
-        for batch in feature_batches:
-            maps = self._check_features(batch)
-            size = maps[0].shape[0]
-            if any(m.shape[0] != size for m in maps):
-                raise ValueError("all scales of a batch must have the same batch size")
-            if filled + size > n:
-                raise ValueError(f"feature_batches yielded more than n={n} samples")
+        for start, maps in self._checked_batches(feature_batches, n):
             if not banks:
                 banks = [
-                    torch.empty((n, m[0].numel()), dtype=torch.float32, device=m.device)
-                    for m in maps
+                    torch.empty(
+                        (n * count, m.shape[1] if patch else m[0].numel()),
+                        dtype=torch.float32,
+                        device=m.device,
+                    )
+                    for m, count in zip(maps, per_image)
                 ]
-            for bank, feature in zip(banks, maps):
-                bank[filled : filled + size].copy_(feature.flatten(1))
-            filled += size
-        if filled != n:
-            raise ValueError(f"feature_batches yielded {filled} samples, expected n={n}")
+            for bank, feature, count in zip(banks, maps, per_image):
+                rows = _sampled_vectors(feature, count, sampler) if patch else feature.flatten(1)
+                bank[start * count : start * count + rows.shape[0]].copy_(rows)
 
         generator = torch.Generator(device=banks[0].device).manual_seed(int(seed))
         for scale in range(self.n_scales):
             bank = banks.pop(0)  # drop the list's reference so each bank is freed once clustered
-            centres, _ = kmeans(bank, k, generator=generator, max_iter=max_iter)
+            count = min(k, bank.shape[0])
+            centres, _ = kmeans(bank, count, generator=generator, max_iter=max_iter)
             del bank
-            prototypes = centres.reshape(k, *self.feature_shapes[scale])
+            prototypes = centres.reshape(count, *self.prototype_shapes[scale])
             setattr(self, f"prototypes_{scale}", prototypes.to(self.fitted.device))
         self._update_norms()
         self.fitted.fill_(True)
         return self
 
-    def _fit_patches(
-        self, feature_batches: Iterable[Sequence[Tensor]], n: int, k: int, seed: int, max_iter: int
-    ) -> PrototypeBank:
-        """Patch matching: k-means over a seeded subset of the feature vectors of each scale.
-
-        Each image contributes the same number of locations, drawn without replacement, so
-        the bank is preallocated and never holds more than ``_MAX_PATCH_ROWS`` rows per scale.
-        """
-        generator = torch.Generator().manual_seed(int(seed))
-        per_image = [
-            max(1, min(h * w, _MAX_PATCH_ROWS // max(1, n))) for _, h, w in self.feature_shapes
-        ]
-        banks: list[Tensor] = []
+    def _checked_batches(
+        self, feature_batches: Iterable[Sequence[Tensor]], n: int
+    ) -> Iterator[tuple[int, list[Tensor]]]:
+        """(index of the batch's first image, its checked maps); the total must be ``n``."""
         filled = 0
         for batch in feature_batches:
             maps = self._check_features(batch)
@@ -399,33 +393,10 @@ class PrototypeBank(nn.Module):
                 raise ValueError("all scales of a batch must have the same batch size")
             if filled + size > n:
                 raise ValueError(f"feature_batches yielded more than n={n} samples")
-            if not banks:
-                banks = [
-                    torch.empty((n * count, m.shape[1]), dtype=torch.float32, device=m.device)
-                    for m, count in zip(maps, per_image)
-                ]
-            for bank, feature, count in zip(banks, maps, per_image):
-                vectors = feature.flatten(2).transpose(1, 2)  # (B, H*W, C)
-                for row, image_vectors in enumerate(vectors, start=filled):
-                    chosen = torch.randperm(image_vectors.shape[0], generator=generator)[:count]
-                    bank[row * count : (row + 1) * count].copy_(
-                        image_vectors[chosen.to(feature.device)]
-                    )
+            yield filled, maps
             filled += size
         if filled != n:
             raise ValueError(f"feature_batches yielded {filled} samples, expected n={n}")
-        kmeans_generator = torch.Generator(device=banks[0].device).manual_seed(int(seed))
-        for scale in range(self.n_scales):
-            bank = banks.pop(0)
-            centres, _ = kmeans(
-                bank, min(k, bank.shape[0]), generator=kmeans_generator, max_iter=max_iter
-            )
-            del bank
-            prototypes = centres[:, :, None, None]
-            setattr(self, f"prototypes_{scale}", prototypes.to(self.fitted.device))
-        self._update_norms()
-        self.fitted.fill_(True)
-        return self
 
     def _update_norms(self) -> None:
         for scale, prototypes in enumerate(self.prototypes):
@@ -464,6 +435,14 @@ class PrototypeBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
         with torch.no_grad():
             self._update_norms()
+
+
+def _sampled_vectors(feature: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` feature vectors (rows of C) from distinct locations of each map of a batch."""
+    vectors = feature.flatten(2).transpose(1, 2)  # (B, H*W, C)
+    chosen = [torch.randperm(vectors.shape[1], generator=generator)[:count] for _ in vectors]
+    index = torch.stack(chosen).to(feature.device)
+    return torch.gather(vectors, 1, index[..., None].expand(-1, -1, vectors.shape[2])).flatten(0, 1)
 
 
 def _describe(value: object) -> str:
