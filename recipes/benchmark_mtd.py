@@ -56,7 +56,8 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
         f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
-        f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}. Metrics at "
+        f"{args.batch_size}, {args.prototype_matching} prototype matching, seeds "
+        f"{', '.join(map(str, args.seeds))}. Metrics at "
         f"{args.image_size} px (masks resized with nearest neighbour).",
         "",
         f"Command: `{command}`",
@@ -114,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--textures", type=Path, default=SHARED / "dtd" if (SHARED / "dtd").is_dir() else None
     )
+    parser.add_argument(
+        "--prototype-matching",
+        choices=["image", "patch"],
+        default="image",
+        help="image: the paper's whole-map prototypes; patch: location-wise (docs/prn.md)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             n_anomalies=args.n_anomalies,
             seed=seed,
             textures=None if args.textures is None else str(args.textures),
+            prototype_matching=args.prototype_matching,
         )
         queue = context.Queue()
         process = context.Process(
