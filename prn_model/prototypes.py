@@ -342,6 +342,8 @@ class PrototypeBank(nn.Module):
         bank be preallocated once (see the module docstring). With patch matching, ``k``
         (required there) centres are fitted to at most 65,536 of the n * H * W vectors.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
         patch = self.matching == "patch"
         if patch:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -275,5 +275,7 @@ def test_patch_matching_accepts_a_shifted_normal_texture_that_whole_maps_reject(
 def test_patch_bank_rejects_bad_settings():
     with pytest.raises(ValueError, match="matching"):
         PrototypeBank(SHAPES, matching="pixel")
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        PrototypeBank(SHAPES, matching="patch").fit([], n=0, k=2)
     with pytest.raises(ValueError, match="k >= 1"):
         PrototypeBank(SHAPES, matching="patch").fit(_feature_batches(4, 4), n=4)
