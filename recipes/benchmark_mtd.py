@@ -56,7 +56,8 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
         f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
-        f"{args.batch_size}, {args.prototype_matching} prototype matching, seeds "
+        f"{args.batch_size}, {args.prototype_matching} prototype matching, attention divisors "
+        f"{' '.join(map(str, args.attention_divisors))}, seeds "
         f"{', '.join(map(str, args.seeds))}. Metrics at "
         f"{args.image_size} px (masks resized with nearest neighbour).",
         "",
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         default="image",
         help="image: the paper's whole-map prototypes; patch: location-wise (docs/prn.md)",
     )
+    parser.add_argument(
+        "--attention-divisors",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="MSSA patch sizes as divisors of each map side (the paper: 1 2 4 8)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             textures=None if args.textures is None else str(args.textures),
             prototype_matching=args.prototype_matching,
+            attention_divisors=args.attention_divisors,
         )
         queue = context.Queue()
         process = context.Process(

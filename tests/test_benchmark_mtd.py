@@ -26,10 +26,11 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     report = tmp_path / "results.md"
     args = ["--root", str(shared_data / "mtd"), "--textures", str(shared_data / "dtd")]
     args += ["--image-size", "64", "--steps", "2", "--seeds", "0", "--prototype-matching"]
-    args += ["patch", "--out", str(tmp_path / "runs"), "--report", str(report)]
+    args += ["patch", "--attention-divisors", "1", "2"]
+    args += ["--out", str(tmp_path / "runs"), "--report", str(report)]
     assert main(args) == 0
     text = report.read_text()
-    assert "patch prototype matching" in text
+    assert "patch prototype matching, attention divisors 1 2" in text
     for defect in ("Blowhole", "Break", "Crack", "Fray", "Uneven"):
         assert f"| {defect} | " in text
     assert (tmp_path / "runs" / "seed0" / "benchmark.json").is_file()
