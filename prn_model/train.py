@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,15 @@ DATASETS = ("demo", "mvtec", "mtd", "folder")
 # Simulated-anomaly strategies a run can mix (``TrainConfig.simulated``), in equal shares.
 # "texture" pastes from --textures (DTD), or from the image itself when none are given;
 # "self_texture" always pastes an augmented copy of the image itself.
-SIMULATION_STRATEGIES = ("texture", "self_texture", "scar", "cutpaste", "poisson", "corruption")
+_SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
+    "texture": lambda config: PerlinTexturePaste(textures=config.textures),
+    "self_texture": lambda config: PerlinTexturePaste(textures=None),
+    "scar": lambda config: CutPasteScar(),
+    "cutpaste": lambda config: CutPaste(),
+    "poisson": lambda config: PoissonPatch(),
+    "corruption": lambda config: LocalCorruption(),
+}
+SIMULATION_STRATEGIES = tuple(_SIMULATIONS)
 # Keys that may differ between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 
@@ -122,8 +130,13 @@ class TrainConfig:
         ):
             raise ValueError(f"attention_divisors must be positive ints, got {divisors!r}")
         self.attention_divisors = list(divisors)
-        unknown = [name for name in self.simulated if name not in SIMULATION_STRATEGIES]
-        if isinstance(self.simulated, str) or not self.simulated or unknown:
+        names = self.simulated
+        if (
+            isinstance(names, str)
+            or not isinstance(names, Sequence)
+            or not names
+            or any(name not in SIMULATION_STRATEGIES for name in names)
+        ):
             raise ValueError(
                 f"simulated must name strategies among {SIMULATION_STRATEGIES}, "
                 f"got {self.simulated!r}"
@@ -224,7 +237,7 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         import yaml
 
         return from_dict(yaml.safe_load(Path(config.recipe).read_text()))
-    simulated = OneOf([_simulation(name, config) for name in config.simulated])
+    simulated = OneOf([_SIMULATIONS[name](config) for name in config.simulated])
     if not split.few_shot:
         return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
     pool = AnomalyPool(
@@ -234,20 +247,6 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         [Normal(), SeenAnomalyPaste(anomalies=pool, blend=config.seen_blend), simulated],
         weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
     )
-
-
-def _simulation(name: str, config: TrainConfig) -> AnomalyTransform:
-    if name == "texture":
-        return PerlinTexturePaste(textures=config.textures)
-    if name == "self_texture":
-        return PerlinTexturePaste(textures=None)
-    if name == "scar":
-        return CutPasteScar()
-    if name == "cutpaste":
-        return CutPaste()
-    if name == "poisson":
-        return PoissonPatch()
-    return LocalCorruption()
 
 
 class _StepBatches:

@@ -91,7 +91,7 @@ def test_simulated_strategies_build_the_training_mix(names, tmp_path):
         }[name]
         for name in names
     ]
-    for bad in ([], ["texture", "dream"], "texture"):
+    for bad in ([], ["texture", "dream"], "texture", 3):
         with pytest.raises(ValueError, match="simulated"):
             tiny_train_config(simulated=bad)
 
