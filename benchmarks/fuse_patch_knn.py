@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from prn_model.data import Record, load_record, make_split
+from prn_model.data import Record, load_records, make_split
 from prn_model.metrics import evaluate
 from prn_model.network import PRN
 from prn_model.train import TrainConfig, load_checkpoint, read_records
@@ -46,8 +46,7 @@ def patch_features(model: PRN, images: torch.Tensor) -> torch.Tensor:
 
 def _batches(records: list[Record], size: int, batch: int = 16):
     for start in range(0, len(records), batch):
-        chunk = [load_record(r, size) for r in records[start : start + batch]]
-        yield torch.stack([c[0] for c in chunk]), torch.stack([c[1] for c in chunk])
+        yield load_records(records[start : start + batch], size)
 
 
 @torch.no_grad()

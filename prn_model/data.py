@@ -365,6 +365,14 @@ def load_record(
     return image, load_mask(record.mask, size, like=image)
 
 
+def load_records(
+    records: Sequence[Record], size: Size | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) and masks (N, 1, H, W) of ``records``, all at ``size``."""
+    images, masks = zip(*(load_record(r, size) for r in records))
+    return torch.stack(images), torch.stack(masks)
+
+
 def mask_is_empty(record: Record) -> bool:
     """True when the record has no mask file or no mask pixel reaches the threshold."""
     return record.mask is None or not _binary_mask(record.mask).any()

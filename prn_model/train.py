@@ -46,7 +46,7 @@ from prn_model.data import (
     Record,
     Split,
     load_image,
-    load_record,
+    load_records,
     make_split,
     read_folder,
     read_mtd,
@@ -359,11 +359,6 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 # ------------------------------------------------------------------------------- training
 
 
-def _load_split_images(records: Sequence[Record], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, masks = zip(*(load_record(r, size) for r in records))
-    return torch.stack(images), torch.stack(masks)
-
-
 def run(config: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any] | None:
     """Train and evaluate; returns the metrics on rank 0 (None on other ranks)."""
     out = Path(out_dir)
@@ -563,7 +558,7 @@ def evaluate_split(
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(split.test), 16), desc="evaluate", unit="batch"):
         chunk = split.test[start : start + 16]
-        images, chunk_masks = _load_split_images(chunk, config.image_size)
+        images, chunk_masks = load_records(chunk, config.image_size)
         probabilities = model.anomaly_map(images.to(device)).float()
         scores.append(model.image_score(probabilities).cpu())
         maps.append(probabilities[:, 0].cpu())
