@@ -42,6 +42,7 @@ from anomgen.transforms import (
     PoissonPatch,
     SeenAnomalyPaste,
 )
+from anomgen.transforms.seen import POSITIONS
 from prn_model.data import (
     Record,
     Split,
@@ -104,8 +105,11 @@ class TrainConfig:
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
     seen_blend: str = "paste"
+    seen_position: str = "random"
+    seen_rotation: list[float] = field(default_factory=lambda: [-90.0, 90.0])
     simulated: list[str] = field(default_factory=lambda: ["texture", "scar"])
     use_residuals: bool = True
+    prototype_ratio: float = 0.1
     prototype_matching: str = "image"
     patch_prototypes: int = 512
     attention_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -144,6 +148,21 @@ class TrainConfig:
         self.simulated = list(self.simulated)
         if self.seen_blend not in ("paste", "poisson"):
             raise ValueError(f"seen_blend must be 'paste' or 'poisson', got {self.seen_blend!r}")
+        if self.seen_position not in POSITIONS:
+            raise ValueError(
+                f"seen_position must be one of {POSITIONS}, got {self.seen_position!r}"
+            )
+        rotation = self.seen_rotation
+        if (
+            not isinstance(rotation, list | tuple)
+            or len(rotation) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in rotation)
+            or not -360 <= rotation[0] <= rotation[1] <= 360
+        ):
+            raise ValueError(
+                f"seen_rotation must be [min, max] degrees in [-360, 360], got {rotation!r}"
+            )
+        self.seen_rotation = [float(v) for v in rotation]
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
@@ -152,6 +171,7 @@ class TrainConfig:
             raise ValueError("dataset 'mvtec' needs --category")
         if self.dataset == "folder" and not self.normal_dir:
             raise ValueError("dataset 'folder' needs --normal-dir")
+        self.model_config()  # the network's own checks, before any data is read
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,6 +183,7 @@ class TrainConfig:
             image_size=self.image_size,
             top_k=self.top_k,
             use_residuals=self.use_residuals,
+            prototype_ratio=self.prototype_ratio,
             prototype_matching=self.prototype_matching,
             patch_prototypes=self.patch_prototypes,
             attention_divisors=tuple(self.attention_divisors),
@@ -243,8 +264,14 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     pool = AnomalyPool(
         [str(r.image) for r in split.few_shot], [str(r.mask) for r in split.few_shot]
     )
+    seen = SeenAnomalyPaste(
+        anomalies=pool,
+        blend=config.seen_blend,
+        position=config.seen_position,
+        rotation=tuple(config.seen_rotation),
+    )
     return OneOf(
-        [Normal(), SeenAnomalyPaste(anomalies=pool, blend=config.seen_blend), simulated],
+        [Normal(), seen, simulated],
         weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
     )
 

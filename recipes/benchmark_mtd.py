@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -56,8 +57,11 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
         f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
-        f"{args.batch_size}, {args.prototype_matching} prototype matching, attention divisors "
-        f"{' '.join(map(str, args.attention_divisors))}, seeds "
+        f"{args.batch_size}, {args.prototype_matching} prototype matching (ratio "
+        f"{args.prototype_ratio}), attention divisors "
+        f"{' '.join(map(str, args.attention_divisors))}, real defects pasted at "
+        f"{args.seen_position} positions rotated by {args.seen_rotation[0]:g} to "
+        f"{args.seen_rotation[1]:g} degrees, seeds "
         f"{', '.join(map(str, args.seeds))}. Metrics at "
         f"{args.image_size} px (masks resized with nearest neighbour).",
         "",
@@ -129,6 +133,26 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2, 4, 8],
         help="MSSA patch sizes as divisors of each map side (the paper: 1 2 4 8)",
     )
+    parser.add_argument(
+        "--prototype-ratio",
+        type=float,
+        default=0.1,
+        help="prototypes as a share of the normal training images (the paper: 0.1)",
+    )
+    parser.add_argument(
+        "--seen-position",
+        choices=["random", "source"],
+        default="random",
+        help="where the seen-anomaly extension pastes real defects (docs/prn.md)",
+    )
+    parser.add_argument(
+        "--seen-rotation",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=[-90.0, 90.0],
+        help="rotation range of pasted real defects in degrees",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -153,15 +177,31 @@ def main(argv: list[str] | None = None) -> int:
             textures=None if args.textures is None else str(args.textures),
             prototype_matching=args.prototype_matching,
             attention_divisors=args.attention_divisors,
+            prototype_ratio=args.prototype_ratio,
+            seen_position=args.seen_position,
+            seen_rotation=args.seen_rotation,
         )
+        try:
+            from prn_model.train import TrainConfig
+
+            TrainConfig(**kwargs)
+        except ValueError as error:
+            print(f"benchmark_mtd: error: {error}", file=sys.stderr)
+            return 2
         queue = context.Queue()
         process = context.Process(
             target=_one_run, args=(kwargs, str(args.out / f"seed{seed}"), queue)
         )
         process.start()
-        metrics = queue.get()
+        metrics = None
+        # Poll rather than block: a seed that crashes never puts its metrics.
+        while metrics is None and (process.is_alive() or not queue.empty()):
+            try:
+                metrics = queue.get(timeout=1)
+            except Empty:
+                pass
         process.join()
-        if process.exitcode:
+        if process.exitcode or metrics is None:
             print(f"benchmark_mtd: error: seed {seed} failed", file=sys.stderr)
             return 1
         runs.append(metrics)

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from anomgen.transforms.seen import POSITIONS
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
 
@@ -61,6 +62,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="how real defects are pasted by the seen-anomaly extension",
     )
     parser.add_argument(
+        "--seen-position",
+        choices=POSITIONS,
+        default=defaults.seen_position,
+        help="where pasted real defects go: random, or source (where they were in their "
+        "own image; for aligned parts and tiles)",
+    )
+    parser.add_argument(
+        "--seen-rotation",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=defaults.seen_rotation,
+        help="rotation range (degrees) of pasted real defects",
+    )
+    parser.add_argument(
         "--simulated",
         nargs="+",
         choices=SIMULATION_STRATEGIES,
@@ -78,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         "--no-residuals",
         action="store_true",
         help="ablation: feed zeros instead of the prototype residuals",
+    )
+    parser.add_argument(
+        "--prototype-ratio",
+        type=float,
+        default=defaults.prototype_ratio,
+        help="prototypes per scale as a share of the normal training images (paper: 0.1)",
     )
     parser.add_argument(
         "--prototype-matching",

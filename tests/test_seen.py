@@ -310,6 +310,25 @@ def test_defects_land_inside_the_otsu_foreground(pool, blend):
     assert any(not disk[0, int(r), int(c)] for r, c in centres("none"))
 
 
+@pytest.mark.parametrize("blend", ["paste", "poisson"])
+def test_source_position_keeps_each_defect_where_it_was(pool, blend):
+    # The pool's defects are 40x48 images; on a 80x96 image their centres scale by 2.
+    transform = SeenAnomalyPaste(pool, blend=blend, position="source", rotation=(0.0, 0.0))
+    image = torch.full((3, 80, 96), 0.6)
+    seen = set()
+    for seed in range(12):
+        result = transform(image, seed=seed)
+        index = result.meta["params"]["anomaly"]
+        seen.add(index)
+        top, left, bottom, right = bbox(pool.masks[index])
+        expected = ((top + bottom) / 2 * 2, (left + right) / 2 * 2)
+        top, left, bottom, right = bbox(result.mask)
+        assert math.dist(((top + bottom) / 2, (left + right) / 2), expected) <= 4
+    assert seen == {0, 1}
+    with pytest.raises(ValueError, match="position must be one of"):
+        SeenAnomalyPaste(pool, position="centre")
+
+
 def test_pool_with_an_empty_mask_is_rejected(tmp_path):
     folder, _ = _write_pool(tmp_path / "pool")
     Image.fromarray(np.zeros((40, 48), np.uint8)).save(folder / "d1.png")

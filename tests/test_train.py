@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prn_model.data import make_split
+from prn_model.prototypes import num_prototypes
 from prn_model.train import TrainConfig, build_transform, load_checkpoint, read_records, run
 from prn_model.zoo import load_model
 from recipes.train_prn import parse_args
@@ -96,6 +97,28 @@ def test_simulated_strategies_build_the_training_mix(names, tmp_path):
             tiny_train_config(simulated=bad)
 
 
+def test_seen_placement_options_reach_the_training_mix(tmp_path):
+    config = tiny_train_config(seen_position="source", seen_rotation=(-5, 5))
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    seen = build_transform(config, split).transforms[1]
+    assert (seen.position, seen.rotation) == ("source", (-5.0, 5.0))
+    with pytest.raises(ValueError, match="seen_position"):
+        tiny_train_config(seen_position="middle")
+    for bad in ([5, -5], [0], "0 0", [0, 400], [True, 1]):
+        with pytest.raises(ValueError, match="seen_rotation"):
+            tiny_train_config(seen_rotation=bad)
+
+
+def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
+    config = tiny_train_config(prototype_ratio=0.5, stop_at_step=2)
+    run(config, tmp_path / "run")
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    n_normal = len(json.loads((tmp_path / "run" / "manifest.json").read_text())["train_normal"])
+    assert model.config.num_prototypes == (num_prototypes(n_normal, 0.5),) * 3
+    with pytest.raises(ValueError, match="prototype_ratio"):
+        tiny_train_config(prototype_ratio=2.0)
+
+
 def test_patch_matching_run_writes_a_loadable_checkpoint(tmp_path):
     config = tiny_train_config(prototype_matching="patch", patch_prototypes=8, stop_at_step=2)
     run(config, tmp_path / "run")
@@ -110,7 +133,9 @@ def test_recipe_parses_ablation_switches():
     config, out, _ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
         + ["--simulated", "self_texture", "poisson", "--prototype-matching", "patch"]
+        + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
     )
+    assert (config.seen_position, config.seen_rotation) == ("source", [-10.0, 10.0])
     assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
     assert config.simulated == ["self_texture", "poisson"]

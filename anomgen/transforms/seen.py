@@ -28,11 +28,12 @@ from anomgen.functional.geometry import (
 )
 from anomgen.io import AnomalyPool, resize
 
-__all__ = ["FOREGROUNDS", "SeenAnomalyPaste", "check_foreground", "sample_position"]
+__all__ = ["FOREGROUNDS", "POSITIONS", "SeenAnomalyPaste", "check_foreground", "sample_position"]
 
 FOREGROUNDS = ("none", "otsu", "threshold")
 DISTORTIONS = ("elastic", "optical")
 BLENDS = ("paste", "poisson")
+POSITIONS = ("random", "source")
 # Context kept around a cut defect, so that warps interpolate real pixels at its edge and
 # Poisson blending can carry the defect's edge, which a tight mask leaves half outside.
 _CUT_MARGIN = 2
@@ -104,11 +105,14 @@ class SeenAnomalyPaste(AnomalyTransform):
       side, smoothness ``elastic_sigma`` likewise) or "optical" (coefficient from
       ``optical_k``, centre shifted by a fraction ``optical_shift`` of the patch size).
 
-    The defect's centre lands on a random pixel of the image's foreground:
-    ``foreground`` "none" (anywhere), "otsu" or "threshold" (with
+    With ``position`` "random" the defect's centre lands on a random pixel of the image's
+    foreground: ``foreground`` "none" (anywhere), "otsu" or "threshold" (with
     ``foreground_threshold``) as in ``foreground_mask``, ``foreground_invert`` for dark
     objects on bright backgrounds. Only method names are accepted, so the transform stays
-    serialisable; an image whose foreground comes out empty falls back to anywhere.
+    serialisable; an image whose foreground comes out empty falls back to anywhere. With
+    ``position`` "source" the defect's centre stays where it was in its own image (scaled to
+    the normal image's size), for aligned parts and tiles whose defects have typical places,
+    e.g. the grinding bands at a magnetic tile's edge; the foreground is then not used.
 
     ``blend`` "paste" replaces the pixels under the defect mask. "poisson" clones the
     defect seamlessly (its gradients, the normal image's brightness) through a mask grown
@@ -138,6 +142,7 @@ class SeenAnomalyPaste(AnomalyTransform):
     foreground_threshold: float | None = None
     foreground_invert: bool = False
     blend: str = "paste"
+    position: str = "random"
     _pool: AnomalyPool = field(init=False, repr=False, compare=False)
     _cuts: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -171,6 +176,8 @@ class SeenAnomalyPaste(AnomalyTransform):
         self.foreground_invert = bool(self.foreground_invert)
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
 
     def _build_pool(self) -> AnomalyPool:
         anomalies, masks = self.anomalies, self.masks
@@ -229,10 +236,23 @@ class SeenAnomalyPaste(AnomalyTransform):
                     "dx": random_uniform(generator, *self.optical_shift),
                     "dy": random_uniform(generator, *self.optical_shift),
                 }
-        params["center"] = sample_position(
-            image, generator, self.foreground, self.foreground_threshold, self.foreground_invert
-        )
+        if self.position == "source":
+            params["center"] = self._source_center(params["anomaly"], tuple(image.shape[-2:]))
+        else:
+            params["center"] = sample_position(
+                image, generator, self.foreground, self.foreground_threshold, self.foreground_invert
+            )
         return params
+
+    def _source_center(self, index: int, size: tuple[int, int]) -> list[int]:
+        """``[row, col]`` of defect ``index``'s box centre in its own image resized to ``size``."""
+        mask = self._pool.masks[index]
+        top, left, bottom, right = bbox(mask)
+        height, width = mask.shape[-2:]
+        return [
+            min(size[0] - 1, int((top + bottom) / 2 * size[0] / height)),
+            min(size[1] - 1, int((left + right) / 2 * size[1] / width)),
+        ]
 
     # ------------------------------------------------------------------ applying
 
