@@ -103,7 +103,10 @@ def _write_report(path: Path, generated: str) -> None:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = block + "\n" + text
-    path.write_text(text)
+    # Written beside and renamed over, so an interrupted write never leaves half a report.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,13 @@ from prn_model import zoo
 from prn_model.network import PRN, PRNConfig
 from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint
 
-EXPECTED_MODELS = ["prn_lite0", "prn_lite0_mtd", "prn_resnet18_mvtec", "prn_wide_resnet50_2"]
+EXPECTED_MODELS = [
+    "prn_lite0",
+    "prn_lite0_mtd",
+    "prn_lite0_mtd_inplace",
+    "prn_resnet18_mvtec",
+    "prn_wide_resnet50_2",
+]
 
 
 def _images(n: int = 3, channels: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -28,6 +34,12 @@ def test_list_models_and_entries():
     assert paper.model["backbone"] == "resnet18" and paper.model["image_size"] == 256
     assert paper.train["n_anomalies"] == 10
     assert zoo.get_entry("prn_lite0_mtd").train["dataset"] == "mtd"
+    tuned = zoo.train_config("prn_lite0_mtd_inplace", root="/data")
+    assert (tuned.seen_position, tuned.seen_rotation, tuned.attention_divisors) == (
+        "source",
+        [0.0, 0.0],
+        [1],
+    )
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
         assert entry.recipe in zoo.RECIPES and entry.source and entry.description
@@ -47,10 +59,7 @@ def test_entries_describe_what_their_training_builds():
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
         config = zoo.train_config(name, root="/data", category="bottle")
-        built = PRNConfig(
-            backbone=config.backbone, image_size=config.image_size, top_k=config.top_k
-        )
-        assert built == PRNConfig(**entry.model)
+        assert config.model_config() == PRNConfig(**entry.model)
         weights = (config.normal_weight, config.seen_weight, config.simulated_weight)
         assert weights == (2.0, 1.0, 1.0)  # the "prn" mix
 
