@@ -70,6 +70,17 @@ class ZooEntry:
     source: str = ""
 
 
+# The MTD runs of recipes/benchmark_mtd.py with EfficientNet-Lite0.
+_MTD_LITE0_TRAIN = {
+    "dataset": "mtd",
+    "backbone": "efficientnet_lite0",
+    "image_size": 256,
+    "n_anomalies": 10,
+    "steps": 1200,
+    "batch_size": 8,
+    "lr": 1e-3,
+}
+
 # Measured results are filled in by hand from a run's metrics.json; {} = not measured yet.
 _ENTRIES = [
     ZooEntry(
@@ -138,15 +149,7 @@ _ENTRIES = [
         description="EfficientNet-Lite0 on the Magnetic Tile Defect dataset (raw layout), "
         "256x256 inputs, 10 real anomalies, 1200 steps (pass root=; textures= for DTD).",
         model={"backbone": "efficientnet_lite0", "image_size": 256},
-        train={
-            "dataset": "mtd",
-            "backbone": "efficientnet_lite0",
-            "image_size": 256,
-            "n_anomalies": 10,
-            "steps": 1200,
-            "batch_size": 8,
-            "lr": 1e-3,
-        },
+        train=_MTD_LITE0_TRAIN,
         recipe="prn",
         # Mean ± std over seeds 0-2, ten-shot, DTD textures; measured 2026-11-27 with
         # `python recipes/benchmark_mtd.py` (docs/results.md).
@@ -166,13 +169,7 @@ _ENTRIES = [
         "(pass root=; textures= for DTD).",
         model={"backbone": "efficientnet_lite0", "image_size": 256, "attention_divisors": (1,)},
         train={
-            "dataset": "mtd",
-            "backbone": "efficientnet_lite0",
-            "image_size": 256,
-            "n_anomalies": 10,
-            "steps": 1200,
-            "batch_size": 8,
-            "lr": 1e-3,
+            **_MTD_LITE0_TRAIN,
             "attention_divisors": [1],
             "seen_position": "source",
             "seen_rotation": [0.0, 0.0],
