@@ -327,6 +327,8 @@ def test_source_position_keeps_each_defect_where_it_was(pool, blend):
     assert seen == {0, 1}
     with pytest.raises(ValueError, match="position must be one of"):
         SeenAnomalyPaste(pool, position="centre")
+    with pytest.raises(ValueError, match="only applies to position='random'"):
+        SeenAnomalyPaste(pool, position="source", foreground="otsu")
 
 
 def test_pool_with_an_empty_mask_is_rejected(tmp_path):

@@ -112,7 +112,7 @@ class SeenAnomalyPaste(AnomalyTransform):
     serialisable; an image whose foreground comes out empty falls back to anywhere. With
     ``position`` "source" the defect's centre stays where it was in its own image (scaled to
     the normal image's size), for aligned parts and tiles whose defects have typical places,
-    e.g. the grinding bands at a magnetic tile's edge; the foreground is then not used.
+    e.g. the grinding bands at a magnetic tile's edge; a foreground is then an error.
 
     ``blend`` "paste" replaces the pixels under the defect mask. "poisson" clones the
     defect seamlessly (its gradients, the normal image's brightness) through a mask grown
@@ -178,6 +178,11 @@ class SeenAnomalyPaste(AnomalyTransform):
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.position == "source" and self.foreground != "none":
+            raise ValueError(
+                f"foreground={self.foreground!r} only applies to position='random': a defect "
+                "at its source position ignores the foreground"
+            )
 
     def _build_pool(self) -> AnomalyPool:
         anomalies, masks = self.anomalies, self.masks
