@@ -164,33 +164,33 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark_mtd: error: dataset root {str(args.root)!r} does not exist", file=sys.stderr
         )
         return 2
+    from prn_model.train import TrainConfig
+
+    settings = dict(
+        dataset=args.dataset,
+        root=str(args.root),
+        category=args.category,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        n_anomalies=args.n_anomalies,
+        textures=None if args.textures is None else str(args.textures),
+        prototype_matching=args.prototype_matching,
+        attention_divisors=args.attention_divisors,
+        prototype_ratio=args.prototype_ratio,
+        seen_position=args.seen_position,
+        seen_rotation=args.seen_rotation,
+    )
+    try:  # every seed shares these settings: check them once, before any seed trains
+        TrainConfig(**settings)
+    except ValueError as error:
+        print(f"benchmark_mtd: error: {error}", file=sys.stderr)
+        return 2
     runs = []
     context = multiprocessing.get_context("spawn")
     for seed in args.seeds:
-        kwargs = dict(
-            dataset=args.dataset,
-            root=str(args.root),
-            category=args.category,
-            backbone=args.backbone,
-            image_size=args.image_size,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            n_anomalies=args.n_anomalies,
-            seed=seed,
-            textures=None if args.textures is None else str(args.textures),
-            prototype_matching=args.prototype_matching,
-            attention_divisors=args.attention_divisors,
-            prototype_ratio=args.prototype_ratio,
-            seen_position=args.seen_position,
-            seen_rotation=args.seen_rotation,
-        )
-        try:
-            from prn_model.train import TrainConfig
-
-            TrainConfig(**kwargs)
-        except ValueError as error:
-            print(f"benchmark_mtd: error: {error}", file=sys.stderr)
-            return 2
+        kwargs = {**settings, "seed": seed}
         queue = context.Queue()
         process = context.Process(
             target=_one_run, args=(kwargs, str(args.out / f"seed{seed}"), queue)
