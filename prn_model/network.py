@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prn_model.memory_bank import PatchMemoryBank, patch_features
 from prn_model.prototypes import MATCHING_MODES, PrototypeBank
 
 __all__ = [
@@ -91,6 +92,10 @@ class PRNConfig:
         ablation of docs/results.md); the architecture and its cost stay the same.
     num_prototypes: prototypes per scale; filled in by ``PRN.fit_prototypes`` so a model built
         from a saved config has buffers of the checkpoint's shapes.
+    memory_bank_size: 0 for PRN alone (the paper); else the number of normal patch vectors of
+        a PatchCore-style memory bank whose distance map is fused with PRN's (our addition,
+        see prn_model.memory_bank; filled by ``PRN.fit_memory_bank`` after training).
+    memory_bank_weight: weight of the memory bank's standardised map in the fusion (0.5: equal).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -107,6 +112,8 @@ class PRNConfig:
     patch_prototypes: int = 512
     use_residuals: bool = True
     num_prototypes: tuple[int, ...] | None = field(default=None)
+    memory_bank_size: int = 0
+    memory_bank_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -134,6 +141,13 @@ class PRNConfig:
                 f"got {self.prototype_matching!r}"
             )
         _positive_int("patch_prototypes", self.patch_prototypes)
+        size = self.memory_bank_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"memory_bank_size must be an int >= 0, got {size!r}")
+        weight = self.memory_bank_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+            raise ValueError(f"memory_bank_weight must be in [0, 1], got {weight!r}")
+        self.memory_bank_weight = float(weight)
         if self.num_prototypes is not None:
             self.num_prototypes = _positive_ints(
                 "num_prototypes", self.num_prototypes, self.n_prototype_scales
@@ -450,6 +464,16 @@ class PRN(nn.Module):
         )
         self.second_fusion = MultiScaleFeatureFusion([2 * w for w in widths], widths)
         self.decoder = UNetDecoder(feature_shapes[3][0], widths, config.decoder_channels)
+        self.memory_bank = (
+            PatchMemoryBank(
+                channels[1] + channels[2],
+                config.memory_bank_size,
+                config.image_size,
+                config.memory_bank_weight,
+            )
+            if config.memory_bank_size
+            else None
+        )
         self.register_load_state_dict_post_hook(_sync_config_after_load)
 
     def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
@@ -508,23 +532,12 @@ class PRN(nn.Module):
         ``config.image_size`` in [0, 1] (a DataLoader's image batches, or one tensor).
         Sets ``config.num_prototypes``.
         """
-        if isinstance(normal_images, Tensor):
-            if normal_images.ndim != 4:
-                raise ValueError(
-                    f"normal_images tensor must be (N, C, H, W), got {tuple(normal_images.shape)}"
-                )
-            normal_images = normal_images.split(16)
-
-        def feature_batches() -> Iterable[list[Tensor]]:
-            for batch in normal_images:
-                if isinstance(batch, Tensor) and batch.ndim == 3:
-                    batch = batch.unsqueeze(0)
-                if isinstance(batch, Tensor):
-                    batch = batch.to(self.device)
-                yield self.extract_features(batch)
-
+        if isinstance(normal_images, Tensor) and normal_images.ndim != 4:
+            raise ValueError(
+                f"normal_images tensor must be (N, C, H, W), got {tuple(normal_images.shape)}"
+            )
         self.prototypes.fit(
-            feature_batches(),
+            (self.extract_features(batch) for batch in self._batches(normal_images)),
             n_images,
             ratio=self.config.prototype_ratio,
             seed=seed,
@@ -534,8 +547,63 @@ class PRN(nn.Module):
         self._sync_config()
         return self
 
+    @torch.no_grad()
+    def fit_memory_bank(
+        self,
+        normal_images: Iterable[Tensor] | Tensor,
+        calibration_images: Iterable[Tensor] | Tensor,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> PRN:
+        """Fill the memory bank from normal images and calibrate the fusion on other ones.
+
+        Call after training: the calibration records PRN's own logit statistics. Both arguments
+        yield batches (B, C, H, W) (or are one such tensor) at ``config.image_size`` in [0, 1];
+        the calibration images must be normal and not among ``normal_images`` (their distances
+        to the bank would be zero). Needs ``config.memory_bank_size > 0``. ``progress`` shows
+        the coreset selection's progress bar.
+        """
+        if self.memory_bank is None:
+            raise RuntimeError("this PRN has no memory bank: set config.memory_bank_size > 0")
+        self._require_fitted()
+        was_training = self.training
+        self.eval()
+        try:
+            self.memory_bank.fill(
+                (patch_features(self.extract_features(b)) for b in self._batches(normal_images)),
+                seed=seed,
+                progress=progress,
+            )
+            logits, distances = [], []
+            for batch in self._batches(calibration_images):
+                features = self.extract_features(batch)
+                logits.append(self.head(features, batch.shape[-2:]))
+                distances.append(
+                    self.memory_bank.distance_map(patch_features(features), batch.shape[-2:])
+                )
+            if not logits:
+                raise ValueError("calibration_images is empty")
+            self.memory_bank.calibrate(torch.cat(logits), torch.cat(distances))
+        finally:
+            self.train(was_training)
+        return self
+
+    def _batches(self, images: Iterable[Tensor] | Tensor) -> Iterable[Tensor]:
+        """(B, C, H, W) batches on the model's device from a tensor or an iterable of them."""
+        if isinstance(images, Tensor):
+            if images.ndim != 4:
+                raise ValueError(f"images tensor must be (N, C, H, W), got {tuple(images.shape)}")
+            images = images.split(16)
+        for batch in images:
+            if isinstance(batch, Tensor) and batch.ndim == 3:
+                batch = batch.unsqueeze(0)
+            yield batch.to(self.device) if isinstance(batch, Tensor) else batch
+
     def forward(self, images: Tensor) -> Tensor:
-        """Anomaly logits (B, 1, H, W) for images (B, C, H, W) at ``config.image_size``."""
+        """PRN's anomaly logits (B, 1, H, W) for images (B, C, H, W) at ``config.image_size``.
+
+        What training optimises; ``anomaly_map`` adds the memory bank's evidence when there is one.
+        """
         self._require_fitted()
         return self.head(self.extract_features(images), images.shape[-2:])
 
@@ -573,8 +641,21 @@ class PRN(nn.Module):
             )
 
     def anomaly_map(self, images: Tensor) -> Tensor:
-        """Per-pixel anomaly probabilities, sigmoid of ``forward``."""
-        return torch.sigmoid(self(images))
+        """Per-pixel anomaly probabilities (B, 1, H, W): the sigmoid of PRN's logits, fused
+        with the memory bank's distance map when the model has one (``fuse`` of
+        prn_model.memory_bank)."""
+        self._require_fitted()
+        features = self.extract_features(images)
+        logits = self.head(features, images.shape[-2:])
+        if self.memory_bank is not None:
+            if not self.memory_bank.is_fitted:
+                raise RuntimeError(
+                    "the PRN memory bank is not fitted: call fit_memory_bank() after training "
+                    "or load a fitted state dict"
+                )
+            distance = self.memory_bank.distance_map(patch_features(features), images.shape[-2:])
+            logits = self.memory_bank.fuse(logits, distance)
+        return torch.sigmoid(logits)
 
     def image_score(self, maps: Tensor) -> Tensor:
         """Image anomaly score (B,): mean of the ``config.top_k`` largest values of each map.

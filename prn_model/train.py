@@ -114,6 +114,8 @@ class TrainConfig:
     patch_prototypes: int = 512
     attention_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     top_k: int = 100
+    memory_bank_size: int = 0
+    memory_bank_weight: float = 0.5
     checkpoint_every: int = 100
     num_workers: int = 0
     device: str = "auto"
@@ -187,6 +189,8 @@ class TrainConfig:
             prototype_matching=self.prototype_matching,
             patch_prototypes=self.patch_prototypes,
             attention_divisors=tuple(self.attention_divisors),
+            memory_bank_size=self.memory_bank_size,
+            memory_bank_weight=self.memory_bank_weight,
         )
 
     @classmethod
@@ -494,6 +498,11 @@ def _run(
     fingerprints = _rank_fingerprints(model, dist_)
     if not dist_.main:
         return None
+    if model.memory_bank is not None and not model.memory_bank.is_fitted:
+        _fit_memory_bank(model, dataset, config)
+        _save_checkpoint(
+            checkpoint_path, model, optimizer, scheduler, step, config, transform, channels
+        )
     train_seconds = time.perf_counter() - started
     metrics = evaluate_split(model, split, config, device, out)
     metrics["train_seconds"] = round(train_seconds, 1)
@@ -503,6 +512,27 @@ def _run(
     _write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
     _write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
+
+
+def _fit_memory_bank(model: PRN, dataset: SynthesisDataset, config: TrainConfig) -> None:
+    """Bank from a seeded 90 % of the normal training images, calibration on the other 10 %."""
+    if len(dataset) < 2:
+        raise ValueError(
+            f"a memory bank needs at least 2 normal training images, got {len(dataset)}"
+        )
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))
+    n_calibration = max(1, len(dataset) // 10)
+
+    def batches(indices: torch.Tensor) -> Iterator[torch.Tensor]:
+        for chunk in indices.split(16):
+            yield torch.stack([dataset.load(int(i)) for i in chunk])
+
+    model.fit_memory_bank(
+        batches(order[n_calibration:]),
+        batches(order[:n_calibration]),
+        seed=config.seed,
+        progress=True,
+    )
 
 
 def _rank_fingerprints(model: PRN, dist_: _Dist) -> list[float]:

@@ -194,7 +194,13 @@ _ENTRIES = [
 
 # PRNConfig fields added after checkpoint format 1 whose defaults reproduce what older
 # checkpoints computed; a checkpoint may lack them.
-_ADDED_WITH_OLD_BEHAVIOUR = {"use_residuals", "prototype_matching", "patch_prototypes"}
+_ADDED_WITH_OLD_BEHAVIOUR = {
+    "use_residuals",
+    "prototype_matching",
+    "patch_prototypes",
+    "memory_bank_size",
+    "memory_bank_weight",
+}
 
 
 def _unknown_keys(values: dict[str, Any], cls: type, what: str) -> None:

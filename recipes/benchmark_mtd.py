@@ -61,7 +61,14 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"{args.prototype_ratio}), attention divisors "
         f"{' '.join(map(str, args.attention_divisors))}, real defects pasted at "
         f"{args.seen_position} positions rotated by {args.seen_rotation[0]:g} to "
-        f"{args.seen_rotation[1]:g} degrees, seeds "
+        f"{args.seen_rotation[1]:g} degrees, "
+        + (
+            f"maps fused with a memory bank of {args.memory_bank_size} normal patch vectors "
+            f"(weight {args.memory_bank_weight:g}), "
+            if args.memory_bank_size
+            else ""
+        )
+        + "seeds "
         f"{', '.join(map(str, args.seeds))}. Metrics at "
         f"{args.image_size} px (masks resized with nearest neighbour).",
         "",
@@ -156,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         default=[-90.0, 90.0],
         help="rotation range of pasted real defects in degrees",
     )
+    parser.add_argument(
+        "--memory-bank-size",
+        type=int,
+        default=0,
+        help="0: PRN alone; N: fuse a memory bank of N normal patch vectors (docs/prn.md)",
+    )
+    parser.add_argument(
+        "--memory-bank-weight",
+        type=float,
+        default=0.5,
+        help="weight of the memory bank's map in the fusion (0.5: equal)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -181,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         prototype_ratio=args.prototype_ratio,
         seen_position=args.seen_position,
         seen_rotation=args.seen_rotation,
+        memory_bank_size=args.memory_bank_size,
+        memory_bank_weight=args.memory_bank_weight,
     )
     try:  # every seed shares these settings: check them once, before any seed trains
         TrainConfig(**settings)

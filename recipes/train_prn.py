@@ -127,6 +127,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         default=defaults.top_k,
         help="image score = mean of the k largest map values",
     )
+    parser.add_argument(
+        "--memory-bank-size",
+        type=int,
+        default=defaults.memory_bank_size,
+        help="0: PRN alone (the paper); N: fuse a PatchCore-style memory bank of N normal "
+        "patch vectors into the maps after training (docs/prn.md; 8192 on MTD)",
+    )
+    parser.add_argument(
+        "--memory-bank-weight",
+        type=float,
+        default=defaults.memory_bank_weight,
+        help="weight of the memory bank's map in the fusion (0.5: equal)",
+    )
     parser.add_argument("--recipe", help="anomgen YAML/JSON config replacing the training mix")
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)

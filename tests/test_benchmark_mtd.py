@@ -27,6 +27,8 @@ def test_bad_settings_and_a_failing_seed_are_reported(tmp_path: Path, capsys):
     common = ["--root", str(tmp_path), "--report", str(report), "--out", str(tmp_path / "runs")]
     assert main([*common, "--prototype-ratio", "2"]) == 2
     assert "prototype_ratio" in capsys.readouterr().err
+    assert main([*common, "--memory-bank-size", "-3"]) == 2
+    assert "memory_bank_size" in capsys.readouterr().err
     # An empty folder is no MTD dataset: the seed's process fails, and the benchmark says so
     # instead of waiting forever for its metrics.
     assert main([*common, "--seeds", "3", "--image-size", "64"]) == 1

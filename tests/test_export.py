@@ -122,6 +122,18 @@ def test_patch_matching_model_exports(tmp_path: Path, kind: str):
     assert verify_export(patch, export(patch, tmp_path / f"patch.{kind}")) < ATOL
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_model_with_a_memory_bank_exports_the_fused_maps(tmp_path: Path, kind: str):
+    torch.manual_seed(0)
+    banked = PRN(
+        PRNConfig(backbone="resnet18", image_size=64, memory_bank_size=30), pretrained=False
+    )
+    banked.fit_prototypes(_images(4, seed=3), n_images=4)
+    banked.fit_memory_bank(_images(4, seed=4), _images(2, seed=5)).eval()
+    export = export_onnx if kind == "onnx" else export_torchscript
+    assert verify_export(banked, export(banked, tmp_path / f"banked.{kind}")) < ATOL
+
+
 def test_export_rejects_bad_input(model: PRN, tmp_path: Path):
     unfitted = PRN(PRNConfig(backbone="resnet18", image_size=64), pretrained=False)
     with pytest.raises(ValueError, match="not fitted"):

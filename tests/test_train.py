@@ -129,12 +129,32 @@ def test_patch_matching_run_writes_a_loadable_checkpoint(tmp_path):
     assert scores.shape == (2,) and maps.shape == (2, 1, 80, 72)
 
 
+def test_memory_bank_run_fits_saves_and_reloads_the_bank(tmp_path):
+    config = tiny_train_config(memory_bank_size=40, memory_bank_weight=0.25, steps=2)
+    metrics = run(config, tmp_path / "run")
+    assert 0 <= metrics["image_auroc"] <= 1
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    bank = model.memory_bank
+    assert bank.is_fitted and bank.bank.shape == (40, 128 + 256)  # resnet18 strides 8 + 16
+    assert bank.weight == 0.25 and model.config.memory_bank_size == 40
+    scores, maps = model.predict(torch.rand(2, 3, 64, 64))
+    assert scores.shape == (2,) and ((maps >= 0) & (maps <= 1)).all()
+    # the bank is fitted after training, so the last checkpoint holds it: resuming a finished
+    # run re-evaluates the same model
+    again = run(config, tmp_path / "run", resume=True)
+    assert again["image_auroc"] == metrics["image_auroc"]
+    with pytest.raises(ValueError, match="memory_bank_weight"):
+        tiny_train_config(memory_bank_size=8, memory_bank_weight=-1)
+
+
 def test_recipe_parses_ablation_switches():
     config, out, _ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
         + ["--simulated", "self_texture", "poisson", "--prototype-matching", "patch"]
         + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
+        + ["--memory-bank-size", "4096", "--memory-bank-weight", "0.25"]
     )
+    assert (config.memory_bank_size, config.memory_bank_weight) == (4096, 0.25)
     assert (config.seen_position, config.seen_rotation) == ("source", [-10.0, 10.0])
     assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
