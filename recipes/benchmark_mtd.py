@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import signal
 import statistics
 import sys
 import time
@@ -39,6 +40,24 @@ def _one_run(kwargs: dict, out: str, queue) -> None:
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     metrics["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     queue.put(metrics)
+
+
+def _wait_for(process, queue) -> dict | None:
+    """The seed's metrics, or None when its process ends without them (it crashed)."""
+    metrics = None
+    # Poll rather than block: a seed that crashes never puts its metrics.
+    while metrics is None and (process.is_alive() or not queue.empty()):
+        try:
+            metrics = queue.get(timeout=1)
+        except Empty:
+            pass
+    process.join()
+    return metrics
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    """``kill`` exits through the ``finally`` blocks (which stop the running seed)."""
+    sys.exit(128 + signum)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -217,14 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             target=_one_run, args=(kwargs, str(args.out / f"seed{seed}"), queue)
         )
         process.start()
-        metrics = None
-        # Poll rather than block: a seed that crashes never puts its metrics.
-        while metrics is None and (process.is_alive() or not queue.empty()):
-            try:
-                metrics = queue.get(timeout=1)
-            except Empty:
-                pass
-        process.join()
+        try:
+            metrics = _wait_for(process, queue)
+        finally:  # interrupted (Ctrl-C, kill): the running seed must not live on alone
+            if process.is_alive():
+                process.terminate()
+                process.join()
         if process.exitcode or metrics is None:
             print(f"benchmark_mtd: error: seed {seed} failed", file=sys.stderr)
             return 1
@@ -240,4 +257,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from recipes.benchmark_mtd import END, START, _write_report, main
+from tests.test_data import make_mtd
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_report_block_is_replaced_and_the_analysis_kept(tmp_path: Path):
@@ -49,3 +58,39 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     for defect in ("Blowhole", "Break", "Crack", "Fray", "Uneven"):
         assert f"| {defect} | " in text
     assert (tmp_path / "runs" / "seed0" / "benchmark.json").is_file()
+
+
+def _seed_processes(parent: int) -> list[int]:
+    """PIDs of the multiprocessing children of ``parent`` that run a seed."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        if ppid == parent and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_killing_the_benchmark_stops_the_running_seed(tmp_path: Path):
+    root = make_mtd(tmp_path / "mtd", {"Free": 8, "Crack": 4})
+    command = [sys.executable, "recipes/benchmark_mtd.py", "--root", str(root), "--seeds", "0"]
+    command += ["--image-size", "64", "--steps", "100000", "--n-anomalies", "1"]
+    command += ["--out", str(tmp_path / "runs")]
+    command += ["--report", str(tmp_path / "r.md")]
+    benchmark = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (seeds := _seed_processes(benchmark.pid)) and time.monotonic() < deadline:
+            assert benchmark.poll() is None, "the benchmark ended before its seed started"
+            time.sleep(0.2)
+        assert seeds, "no seed process started"
+        benchmark.send_signal(signal.SIGTERM)
+        assert benchmark.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not any(Path(f"/proc/{pid}").exists() for pid in seeds)
+    finally:
+        benchmark.kill()
+    assert not (tmp_path / "r.md").exists()
