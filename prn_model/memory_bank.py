@@ -3,15 +3,15 @@
 PRN learns what a defect looks like from a few real ones and many synthetic ones; a memory bank
 only knows what normal looks like. On MTD the two make different mistakes: the bank's
 nearest-neighbour distance is better inside large, texture-like regions (``Uneven``), PRN far
-better on compact defects, and an equal-weight fusion of the two standardised maps improves
-every metric on every seed (docs/results.md). Nothing is trained: the bank is filled and
+better on compact defects, and an equal-weight fusion of the two standardised maps raises
+image and pixel AUROC on every seed (docs/results.md). Nothing is trained: the bank is filled and
 calibrated from normal images after PRN has been trained.
 
 - Patch features (``patch_features``): the stride-8 and stride-16 backbone maps, each averaged
   over 3x3 neighbours (PatchCore's local aggregation, zero padding included as in PatchCore,
   which damps the image border where tiles often have unusual edges), the coarse one
   upsampled, concatenated.
-- Filling (``PatchMemoryBank.fit``): a seeded random quarter of every normal image's patch
+- Filling (``PatchMemoryBank.fill``): a seeded random quarter of every normal image's patch
   vectors, reduced to ``size`` vectors by greedy coreset selection (farthest-point sampling in
   a random projection, Roth et al., CVPR 2022). A coreset covers the normal feature space far
   better than as many random vectors (kNN image AUROC on MTD seed 0: 0.963 against 0.879 at
