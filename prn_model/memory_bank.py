@@ -158,19 +158,34 @@ class PatchMemoryBank(nn.Module):
         return self
 
     @torch.no_grad()
-    def calibrate(self, logit_maps: Tensor, distance_maps: Tensor) -> PatchMemoryBank:
-        """Record both maps' mean and std over held-out normal pixels; marks the bank fitted."""
+    @torch.no_grad()
+    def calibrate(self, map_batches: Iterable[tuple[Tensor, Tensor]]) -> PatchMemoryBank:
+        """Record the mean and std of PRN's logits and of the distances over all pixels of
+        held-out normal images, given batch by batch as (logits, distances); marks the bank
+        fitted. Running sums in float64, so no more than one batch of maps is held."""
         if self.bank.shape[0] == 0:
             raise RuntimeError("fill the memory bank before calibrating it")
-        stats = []
-        for name, maps in (("logit_maps", logit_maps), ("distance_maps", distance_maps)):
-            if not isinstance(maps, Tensor) or maps.numel() < 2 or not maps.isfinite().all():
-                raise ValueError(f"{name} must be a finite tensor of >= 2 values")
-            std = float(maps.float().std())
-            if std <= 0:
-                raise ValueError(f"{name} are constant over the calibration images")
-            stats += [float(maps.float().mean()), std]
-        self.calibration = torch.tensor(stats, device=self.calibration.device)
+        moments = torch.zeros(2, 3, dtype=torch.float64)  # per map: count, sum, sum of squares
+        for batch in map_batches:
+            if not isinstance(batch, tuple | list) or len(batch) != 2:
+                raise ValueError("map_batches must yield (logits, distances) pairs")
+            for row, (name, maps) in enumerate(zip(("logits", "distances"), batch)):
+                if not isinstance(maps, Tensor) or not maps.isfinite().all():
+                    raise ValueError(f"calibration {name} must be finite tensors")
+                values = maps.detach().double().cpu()
+                n_values = torch.tensor(float(values.numel()), dtype=torch.float64)
+                moments[row] += torch.stack([n_values, values.sum(), values.square().sum()])
+        count = moments[0, 0]
+        if count < 2:
+            raise ValueError("calibration needs at least 2 pixels of normal images, got none")
+        mean = moments[:, 1] / moments[:, 0]
+        variance = (moments[:, 2] / moments[:, 0] - mean.square()) * count / (count - 1)
+        std = variance.clamp_min(0).sqrt()
+        for name, value, centre in zip(("logits", "distances"), std, mean):
+            if value <= 1e-7 * max(1.0, abs(float(centre))):
+                raise ValueError(f"calibration {name} are constant over the calibration images")
+        stats = torch.stack([mean[0], std[0], mean[1], std[1]]).float()
+        self.calibration = stats.to(self.calibration.device)
         self.fitted.fill_(True)
         return self
 

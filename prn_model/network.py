@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -574,19 +574,23 @@ class PRN(nn.Module):
                 seed=seed,
                 progress=progress,
             )
-            logits, distances = [], []
-            for batch in self._batches(calibration_images):
-                features = self.extract_features(batch)
-                logits.append(self.head(features, batch.shape[-2:]))
-                distances.append(
-                    self.memory_bank.distance_map(patch_features(features), batch.shape[-2:])
-                )
-            if not logits:
-                raise ValueError("calibration_images is empty")
-            self.memory_bank.calibrate(torch.cat(logits), torch.cat(distances))
+            self.memory_bank.calibrate(self._calibration_maps(calibration_images))
         finally:
             self.train(was_training)
         return self
+
+    def _calibration_maps(
+        self, images: Iterable[Tensor] | Tensor
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(PRN logits, memory-bank distances) of each batch of ``images``."""
+        assert self.memory_bank is not None
+        for batch in self._batches(images):
+            features = self.extract_features(batch)
+            size = batch.shape[-2:]
+            yield (
+                self.head(features, size),
+                self.memory_bank.distance_map(patch_features(features), size),
+            )
 
     def _batches(self, images: Iterable[Tensor] | Tensor) -> Iterable[Tensor]:
         """(B, C, H, W) batches on the model's device from a tensor or an iterable of them."""

@@ -116,7 +116,7 @@ def test_fuse_mixes_standardised_maps_in_the_logit_scale():
         bank.fuse(torch.zeros(1), torch.zeros(1))
     logits = torch.tensor([-4.0, -2.0, 0.0])
     distances = torch.tensor([1.0, 2.0, 3.0])
-    bank.calibrate(logits, distances)
+    bank.calibrate([(logits[:1], distances[:2]), (logits[1:], distances[2:])])  # batch by batch
     logit_mean, logit_std, distance_mean, distance_std = bank.calibration.tolist()
     assert (logit_mean, distance_mean) == (-2.0, 2.0)
     assert logit_std == pytest.approx(2.0) and distance_std == pytest.approx(1.0)
@@ -127,14 +127,30 @@ def test_fuse_mixes_standardised_maps_in_the_logit_scale():
     assert torch.equal(bank.fuse(logits, distances + 100), logits)
 
 
+def test_calibration_equals_the_statistics_of_all_maps_at_once():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 1, 16, 16, generator=generator) * 2 - 4
+    distances = torch.rand(6, 1, 16, 16, generator=generator) * 5 + 18
+    bank = _bank().fill([_patches(1)])
+    bank.calibrate(zip(logits.split(4), distances.split(4)))
+    expected = torch.stack([logits.mean(), logits.std(), distances.mean(), distances.std()])
+    assert torch.allclose(bank.calibration, expected, rtol=1e-5)
+
+
 def test_calibrate_rejects_unusable_maps():
     with pytest.raises(RuntimeError, match="fill the memory bank"):
-        _bank().calibrate(torch.rand(5), torch.rand(5))
+        _bank().calibrate([(torch.rand(5), torch.rand(5))])
     bank = _bank().fill([_patches(1)])
-    with pytest.raises(ValueError, match="constant"):
-        bank.calibrate(torch.ones(5), torch.rand(5))
+    with pytest.raises(ValueError, match="logits are constant"):
+        bank.calibrate([(torch.ones(5), torch.rand(5))])
+    with pytest.raises(ValueError, match="distances are constant"):
+        bank.calibrate([(torch.rand(5), torch.full((5,), 20.0))])
     with pytest.raises(ValueError, match="finite"):
-        bank.calibrate(torch.tensor([0.0, float("nan")]), torch.rand(2))
+        bank.calibrate([(torch.tensor([0.0, float("nan")]), torch.rand(2))])
+    with pytest.raises(ValueError, match="got none"):
+        bank.calibrate([])
+    with pytest.raises(ValueError, match="pairs"):
+        bank.calibrate([torch.rand(5)])
     assert not bank.is_fitted
 
 
@@ -197,7 +213,7 @@ def test_fit_memory_bank_needs_a_configured_bank_and_calibration_images():
     with pytest.raises(RuntimeError, match="prototypes are not fitted"):
         banked.fit_memory_bank(_images(2), _images(2))
     banked.fit_prototypes(_images(4), n_images=4)
-    with pytest.raises(ValueError, match="calibration_images is empty"):
+    with pytest.raises(ValueError, match="got none"):
         banked.fit_memory_bank(_images(2), [])
     assert banked.training  # the mode is restored after an error
 
