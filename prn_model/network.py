@@ -532,12 +532,9 @@ class PRN(nn.Module):
         ``config.image_size`` in [0, 1] (a DataLoader's image batches, or one tensor).
         Sets ``config.num_prototypes``.
         """
-        if isinstance(normal_images, Tensor) and normal_images.ndim != 4:
-            raise ValueError(
-                f"normal_images tensor must be (N, C, H, W), got {tuple(normal_images.shape)}"
-            )
+        batches = self._batches(normal_images, "normal_images")
         self.prototypes.fit(
-            (self.extract_features(batch) for batch in self._batches(normal_images)),
+            (self.extract_features(batch) for batch in batches),
             n_images,
             ratio=self.config.prototype_ratio,
             seed=seed,
@@ -569,8 +566,9 @@ class PRN(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            batches = self._batches(normal_images, "normal_images")
             self.memory_bank.fill(
-                (patch_features(self.extract_features(b)) for b in self._batches(normal_images)),
+                (patch_features(self.extract_features(batch)) for batch in batches),
                 seed=seed,
                 progress=progress,
             )
@@ -584,7 +582,7 @@ class PRN(nn.Module):
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(PRN logits, memory-bank distances) of each batch of ``images``."""
         assert self.memory_bank is not None
-        for batch in self._batches(images):
+        for batch in self._batches(images, "calibration_images"):
             features = self.extract_features(batch)
             size = batch.shape[-2:]
             yield (
@@ -592,11 +590,11 @@ class PRN(nn.Module):
                 self.memory_bank.distance_map(patch_features(features), size),
             )
 
-    def _batches(self, images: Iterable[Tensor] | Tensor) -> Iterable[Tensor]:
+    def _batches(self, images: Iterable[Tensor] | Tensor, name: str) -> Iterator[Tensor]:
         """(B, C, H, W) batches on the model's device from a tensor or an iterable of them."""
         if isinstance(images, Tensor):
             if images.ndim != 4:
-                raise ValueError(f"images tensor must be (N, C, H, W), got {tuple(images.shape)}")
+                raise ValueError(f"{name} tensor must be (N, C, H, W), got {tuple(images.shape)}")
             images = images.split(16)
         for batch in images:
             if isinstance(batch, Tensor) and batch.ndim == 3:
