@@ -25,7 +25,7 @@ from tqdm import tqdm
 from prn_model.data import load_records, make_split
 from prn_model.metrics import evaluate
 from prn_model.network import PRN, PRNConfig
-from prn_model.train import TrainConfig, load_checkpoint, read_records
+from prn_model.train import TrainConfig, load_checkpoint, memory_bank_split, read_records
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
@@ -51,19 +51,13 @@ def main() -> None:
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
     split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
     size = config.image_size
-    # The same split of the normal training images as prn_model.train's memory-bank fit.
-    order = torch.randperm(
-        len(split.train_normal), generator=torch.Generator().manual_seed(config.seed)
-    )
-    n_calibration = max(1, len(order) // 10)
+    bank, calibration = memory_bank_split(len(split.train_normal), config.seed)
 
     def batches(indices: torch.Tensor):
         for chunk in indices.split(16):
             yield load_records([split.train_normal[int(i)] for i in chunk], size)[0]
 
-    model.fit_memory_bank(
-        batches(order[n_calibration:]), batches(order[:n_calibration]), config.seed, progress=True
-    )
+    model.fit_memory_bank(batches(bank), batches(calibration), config.seed, progress=True)
     labels = np.array([r.label for r in split.test])
     types = [r.defect_type for r in split.test]
     print(f"{args.checkpoint}: bank of {model.memory_bank.bank.shape[0]} patch vectors")

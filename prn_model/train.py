@@ -514,25 +514,24 @@ def _run(
     return metrics
 
 
+def memory_bank_split(n_normal: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the normal training images for the memory bank (a seeded 90 %) and for its
+    calibration (the other 10 %, at least one image)."""
+    if n_normal < 2:
+        raise ValueError(f"a memory bank needs at least 2 normal training images, got {n_normal}")
+    order = torch.randperm(n_normal, generator=torch.Generator().manual_seed(seed))
+    n_calibration = max(1, n_normal // 10)
+    return order[n_calibration:], order[:n_calibration]
+
+
 def _fit_memory_bank(model: PRN, dataset: SynthesisDataset, config: TrainConfig) -> None:
-    """Bank from a seeded 90 % of the normal training images, calibration on the other 10 %."""
-    if len(dataset) < 2:
-        raise ValueError(
-            f"a memory bank needs at least 2 normal training images, got {len(dataset)}"
-        )
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))
-    n_calibration = max(1, len(dataset) // 10)
+    bank, calibration = memory_bank_split(len(dataset), config.seed)
 
     def batches(indices: torch.Tensor) -> Iterator[torch.Tensor]:
         for chunk in indices.split(16):
             yield torch.stack([dataset.load(int(i)) for i in chunk])
 
-    model.fit_memory_bank(
-        batches(order[n_calibration:]),
-        batches(order[:n_calibration]),
-        seed=config.seed,
-        progress=True,
-    )
+    model.fit_memory_bank(batches(bank), batches(calibration), seed=config.seed, progress=True)
 
 
 def _rank_fingerprints(model: PRN, dist_: _Dist) -> list[float]:

@@ -13,7 +13,14 @@ import torch
 
 from prn_model.data import make_split
 from prn_model.prototypes import num_prototypes
-from prn_model.train import TrainConfig, build_transform, load_checkpoint, read_records, run
+from prn_model.train import (
+    TrainConfig,
+    build_transform,
+    load_checkpoint,
+    memory_bank_split,
+    read_records,
+    run,
+)
 from prn_model.zoo import load_model
 from recipes.train_prn import parse_args
 from tests.conftest import tiny_train_config
@@ -145,6 +152,16 @@ def test_memory_bank_run_fits_saves_and_reloads_the_bank(tmp_path):
     assert again["image_auroc"] == metrics["image_auroc"]
     with pytest.raises(ValueError, match="memory_bank_weight"):
         tiny_train_config(memory_bank_size=8, memory_bank_weight=-1)
+
+
+def test_memory_bank_split_is_seeded_disjoint_and_complete():
+    bank, calibration = memory_bank_split(25, seed=3)
+    assert (len(bank), len(calibration)) == (23, 2)
+    assert sorted(torch.cat([bank, calibration]).tolist()) == list(range(25))
+    assert torch.equal(memory_bank_split(25, seed=3)[1], calibration)
+    assert len(memory_bank_split(2, seed=0)[1]) == 1
+    with pytest.raises(ValueError, match="at least 2 normal training images, got 1"):
+        memory_bank_split(1, seed=0)
 
 
 def test_recipe_parses_ablation_switches():
