@@ -31,10 +31,12 @@ from tqdm.auto import tqdm
 
 import anomgen
 from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
+from anomgen.functional.band import EDGE_SIDES
 from anomgen.preview import save_png_atomic
 from anomgen.transforms import (
     CutPaste,
     CutPasteScar,
+    EdgeBandPaste,
     LocalCorruption,
     Normal,
     OneOf,
@@ -65,7 +67,8 @@ CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
 # Simulated-anomaly strategies a run can mix (``TrainConfig.simulated``), in equal shares.
 # "texture" pastes from --textures (DTD), or from the image itself when none are given;
-# "self_texture" always pastes an augmented copy of the image itself.
+# "self_texture" always pastes an augmented copy of the image itself; "band" replaces a
+# band from one image edge with the mirrored, altered image (region-level texture change).
 _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
     "texture": lambda config: PerlinTexturePaste(textures=config.textures),
     "self_texture": lambda config: PerlinTexturePaste(textures=None),
@@ -73,6 +76,7 @@ _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
     "cutpaste": lambda config: CutPaste(),
     "poisson": lambda config: PoissonPatch(),
     "corruption": lambda config: LocalCorruption(),
+    "band": lambda config: EdgeBandPaste(sides=tuple(config.band_sides)),
 }
 SIMULATION_STRATEGIES = tuple(_SIMULATIONS)
 # Keys that may differ between an interrupted run and its resumption.
@@ -108,6 +112,7 @@ class TrainConfig:
     seen_position: str = "random"
     seen_rotation: list[float] = field(default_factory=lambda: [-90.0, 90.0])
     simulated: list[str] = field(default_factory=lambda: ["texture", "scar"])
+    band_sides: list[str] = field(default_factory=lambda: list(EDGE_SIDES))
     use_residuals: bool = True
     prototype_ratio: float = 0.1
     prototype_matching: str = "image"
@@ -148,6 +153,16 @@ class TrainConfig:
                 f"got {self.simulated!r}"
             )
         self.simulated = list(self.simulated)
+        sides = self.band_sides
+        if (
+            isinstance(sides, str)
+            or not isinstance(sides, Sequence)
+            or not sides
+            or any(side not in EDGE_SIDES for side in sides)
+            or len(set(sides)) != len(sides)
+        ):
+            raise ValueError(f"band_sides must be distinct sides among {EDGE_SIDES}, got {sides!r}")
+        self.band_sides = list(sides)
         if self.seen_blend not in ("paste", "poisson"):
             raise ValueError(f"seen_blend must be 'paste' or 'poisson', got {self.seen_blend!r}")
         if self.seen_position not in POSITIONS:

@@ -80,7 +80,10 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"{args.prototype_ratio}), attention divisors "
         f"{' '.join(map(str, args.attention_divisors))}, real defects pasted at "
         f"{args.seen_position} positions rotated by {args.seen_rotation[0]:g} to "
-        f"{args.seen_rotation[1]:g} degrees, "
+        f"{args.seen_rotation[1]:g} degrees, simulated anomalies "
+        f"{' + '.join(args.simulated)}"
+        + (f" (bands from {' / '.join(args.band_sides)})" if "band" in args.simulated else "")
+        + ", "
         + (
             f"maps fused with a memory bank of {args.memory_bank_size} normal patch vectors "
             f"(weight {args.memory_bank_weight:g}), "
@@ -183,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         help="rotation range of pasted real defects in degrees",
     )
     parser.add_argument(
+        "--simulated",
+        nargs="+",
+        default=["texture", "scar"],
+        help="simulated-anomaly strategies, mixed in equal shares (the paper: texture scar)",
+    )
+    parser.add_argument(
+        "--band-sides",
+        nargs="+",
+        default=["top", "bottom", "left", "right"],
+        help="image edges the 'band' strategy starts from",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=0,
@@ -219,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         prototype_ratio=args.prototype_ratio,
         seen_position=args.seen_position,
         seen_rotation=args.seen_rotation,
+        simulated=args.simulated,
+        band_sides=args.band_sides,
         memory_bank_size=args.memory_bank_size,
         memory_bank_weight=args.memory_bank_weight,
     )

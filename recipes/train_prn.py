@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
@@ -82,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         choices=SIMULATION_STRATEGIES,
         default=defaults.simulated,
         help="simulated-anomaly strategies, mixed in equal shares",
+    )
+    parser.add_argument(
+        "--band-sides",
+        nargs="+",
+        choices=EDGE_SIDES,
+        default=defaults.band_sides,
+        help="image edges the 'band' strategy starts from (default: all four)",
     )
     parser.add_argument(
         "--mix",

@@ -38,6 +38,8 @@ def test_bad_settings_and_a_failing_seed_are_reported(tmp_path: Path, capsys):
     assert "prototype_ratio" in capsys.readouterr().err
     assert main([*common, "--memory-bank-size", "-3"]) == 2
     assert "memory_bank_size" in capsys.readouterr().err
+    assert main([*common, "--simulated", "band", "--band-sides", "up"]) == 2
+    assert "band_sides" in capsys.readouterr().err
     # An empty folder is no MTD dataset: the seed's process fails, and the benchmark says so
     # instead of waiting forever for its metrics.
     assert main([*common, "--seeds", "3", "--image-size", "64"]) == 1
@@ -50,11 +52,13 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     args = ["--root", str(shared_data / "mtd"), "--textures", str(shared_data / "dtd")]
     args += ["--image-size", "64", "--steps", "2", "--seeds", "0", "--prototype-matching"]
     args += ["patch", "--attention-divisors", "1", "2", "--seen-position", "source"]
+    args += ["--simulated", "texture", "band", "--band-sides", "top", "bottom"]
     args += ["--out", str(tmp_path / "runs"), "--report", str(report)]
     assert main(args) == 0
     text = report.read_text()
     assert "patch prototype matching (ratio 0.1), attention divisors 1 2" in text
     assert "pasted at source positions rotated by -90 to 90 degrees" in text
+    assert "simulated anomalies texture + band (bands from top / bottom)" in text
     for defect in ("Blowhole", "Break", "Crack", "Fray", "Uneven"):
         assert f"| {defect} | " in text
     assert (tmp_path / "runs" / "seed0" / "benchmark.json").is_file()

@@ -85,7 +85,9 @@ def test_attention_divisors_reach_the_model_and_are_validated(tmp_path):
             tiny_train_config(attention_divisors=bad)
 
 
-@pytest.mark.parametrize("names", [["self_texture"], ["cutpaste", "poisson", "corruption"]])
+@pytest.mark.parametrize(
+    "names", [["self_texture"], ["cutpaste", "poisson", "corruption"], ["band"]]
+)
 def test_simulated_strategies_build_the_training_mix(names, tmp_path):
     config = tiny_train_config(simulated=names)
     split = make_split(read_records(config, tmp_path), 3, seed=0)
@@ -96,6 +98,7 @@ def test_simulated_strategies_build_the_training_mix(names, tmp_path):
             "cutpaste": "CutPaste",
             "poisson": "PoissonPatch",
             "corruption": "LocalCorruption",
+            "band": "EdgeBandPaste",
         }[name]
         for name in names
     ]
@@ -114,6 +117,17 @@ def test_seen_placement_options_reach_the_training_mix(tmp_path):
     for bad in ([5, -5], [0], "0 0", [0, 400], [True, 1]):
         with pytest.raises(ValueError, match="seen_rotation"):
             tiny_train_config(seen_rotation=bad)
+
+
+def test_band_sides_reach_the_band_strategy(tmp_path):
+    config = tiny_train_config(simulated=["band"], band_sides=("top", "bottom"))
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    (band,) = build_transform(config, split).transforms[-1].transforms
+    assert band.sides == ("top", "bottom") and config.band_sides == ["top", "bottom"]
+    assert tiny_train_config().band_sides == ["top", "bottom", "left", "right"]
+    for bad in ([], ["middle"], "top", ["top", "top"]):
+        with pytest.raises(ValueError, match="band_sides"):
+            tiny_train_config(band_sides=bad)
 
 
 def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
@@ -167,7 +181,8 @@ def test_memory_bank_split_is_seeded_disjoint_and_complete():
 def test_recipe_parses_ablation_switches():
     config, out, _ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
-        + ["--simulated", "self_texture", "poisson", "--prototype-matching", "patch"]
+        + ["--simulated", "self_texture", "band", "--prototype-matching", "patch"]
+        + ["--band-sides", "top", "bottom"]
         + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
         + ["--memory-bank-size", "4096", "--memory-bank-weight", "0.25"]
     )
@@ -175,7 +190,8 @@ def test_recipe_parses_ablation_switches():
     assert (config.seen_position, config.seen_rotation) == ("source", [-10.0, 10.0])
     assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
-    assert config.simulated == ["self_texture", "poisson"]
+    assert config.simulated == ["self_texture", "band"]
+    assert config.band_sides == ["top", "bottom"]
     assert (config.normal_weight, config.seen_weight, config.simulated_weight) == (2, 0, 1)
     assert config.use_residuals is False and out == Path("runs/prn")
 

@@ -1,5 +1,6 @@
 """Every anomgen synthesis strategy, one module each."""
 
+from anomgen.transforms.band import EdgeBandPaste
 from anomgen.transforms.compose import Compose, Normal, OneOf, RandomApply, SomeOf
 from anomgen.transforms.corruption import LocalCorruption
 from anomgen.transforms.cutpaste import CutPaste, CutPasteScar
@@ -11,6 +12,7 @@ __all__ = [
     "Compose",
     "CutPaste",
     "CutPasteScar",
+    "EdgeBandPaste",
     "LocalCorruption",
     "Normal",
     "OneOf",
