@@ -17,6 +17,7 @@ from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint
 EXPECTED_MODELS = [
     "prn_lite0",
     "prn_lite0_mtd",
+    "prn_lite0_mtd_band",
     "prn_lite0_mtd_bank",
     "prn_lite0_mtd_inplace",
     "prn_resnet18_mvtec",
@@ -44,6 +45,9 @@ def test_list_models_and_entries():
     banked = zoo.train_config("prn_lite0_mtd_bank", root="/data")
     assert banked.memory_bank_size == 8192 and banked.memory_bank_weight == 0.5
     assert zoo.create_model("prn_lite0_mtd_bank", pretrained=False).memory_bank is not None
+    banded = zoo.train_config("prn_lite0_mtd_band", root="/data")
+    assert banded.simulated == ["texture", "scar", "band"]
+    assert banded.band_sides == ["top", "bottom"]
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
         assert entry.recipe in zoo.RECIPES and entry.source and entry.description
