@@ -58,6 +58,9 @@ def test_get_entry_returns_a_copy_and_rejects_unknown_names():
     entry = zoo.get_entry("prn_lite0")
     entry.model["image_size"] = 1024
     assert zoo.get_entry("prn_lite0").model["image_size"] == 128
+    shared = zoo.get_entry("prn_lite0_mtd_band")
+    shared.train["seen_rotation"].append(5.0)  # a nested value the MTD entries share
+    assert zoo.get_entry("prn_lite0_mtd_bank").train["seen_rotation"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="prn_lite0_mtd"):  # the message lists known models
         zoo.get_entry("prn_lite7")
 
