@@ -86,7 +86,8 @@ def test_attention_divisors_reach_the_model_and_are_validated(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "names", [["self_texture"], ["cutpaste", "poisson", "corruption"], ["band"]]
+    "names",
+    [["self_texture"], ["cutpaste", "poisson", "corruption"], ["band", "scar", "band"]],
 )
 def test_simulated_strategies_build_the_training_mix(names, tmp_path):
     config = tiny_train_config(simulated=names)
