@@ -100,6 +100,7 @@ def test_simulated_strategies_build_the_training_mix(names, tmp_path):
             "poisson": "PoissonPatch",
             "corruption": "LocalCorruption",
             "band": "EdgeBandPaste",
+            "scar": "CutPasteScar",
         }[name]
         for name in names
     ]
