@@ -106,6 +106,16 @@ def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image.expand(3, -1, -1)
 
 
+def texture_pool(value: str | Path | TexturePool | None, name: str) -> TexturePool | None:
+    """The pool behind a transform's ``name`` argument: None (the image itself), a pool or
+    a folder, which is read once here."""
+    if value is None or isinstance(value, TexturePool):
+        return value
+    if isinstance(value, str | Path):
+        return TexturePool(value)
+    raise ValueError(f"{name} must be a folder, a TexturePool or None, got {value!r:.80}")
+
+
 class TexturePool:
     """Anomaly-source textures (DTD in DRAEM), decoded once and kept in memory.
 

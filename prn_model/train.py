@@ -141,28 +141,9 @@ class TrainConfig:
         ):
             raise ValueError(f"attention_divisors must be positive ints, got {divisors!r}")
         self.attention_divisors = list(divisors)
-        names = self.simulated
-        if (
-            isinstance(names, str)
-            or not isinstance(names, Sequence)
-            or not names
-            or any(name not in SIMULATION_STRATEGIES for name in names)
-        ):
-            raise ValueError(
-                f"simulated must name strategies among {SIMULATION_STRATEGIES}, "
-                f"got {self.simulated!r}"
-            )
-        self.simulated = list(self.simulated)
-        sides = self.band_sides
-        if (
-            isinstance(sides, str)
-            or not isinstance(sides, Sequence)
-            or not sides
-            or any(side not in EDGE_SIDES for side in sides)
-            or len(set(sides)) != len(sides)
-        ):
-            raise ValueError(f"band_sides must be distinct sides among {EDGE_SIDES}, got {sides!r}")
-        self.band_sides = list(sides)
+        # A repeated strategy gets two shares of the mix; a repeated side would mean nothing.
+        self.simulated = _names("simulated", self.simulated, SIMULATION_STRATEGIES, distinct=False)
+        self.band_sides = _names("band_sides", self.band_sides, EDGE_SIDES, distinct=True)
         if self.seen_blend not in ("paste", "poisson"):
             raise ValueError(f"seen_blend must be 'paste' or 'poisson', got {self.seen_blend!r}")
         if self.seen_position not in POSITIONS:
@@ -215,6 +196,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}")
         return cls(**values)
+
+
+def _names(field: str, values: Any, known: Sequence[str], distinct: bool) -> list[str]:
+    """``values`` as a list, checked to be a non-empty sequence of names among ``known``."""
+    if (
+        isinstance(values, str)
+        or not isinstance(values, Sequence)
+        or not values
+        or any(value not in known for value in values)
+        or (distinct and len(set(values)) != len(values))
+    ):
+        what = "distinct names" if distinct else "names"
+        raise ValueError(f"{field} must be {what} among {tuple(known)}, got {values!r}")
+    return list(values)
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -113,6 +113,7 @@ def test_without_textures_the_band_shows_the_mirrored_image():
         ({"augmenters": ("blur",)}, "augmenters"),
         ({"n_augmenters": 5}, "n_augmenters"),
         ({"textures": "/no/such/folder"}, "no/such"),
+        ({"textures": 3}, "textures must be a folder"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):

@@ -15,7 +15,7 @@ from anomgen.functional.photometric import (
     apply_augmenters,
     sample_augmenters,
 )
-from anomgen.io import TexturePool
+from anomgen.io import TexturePool, texture_pool
 
 __all__ = ["EdgeBandPaste"]
 
@@ -77,12 +77,8 @@ class EdgeBandPaste(AnomalyTransform):
             raise ValueError(
                 f"n_augmenters must be an integer in 0..{len(self.augmenters)}, got {n!r}"
             )
-        if isinstance(self.textures, TexturePool):
-            self._pool = self.textures
-        elif self.textures is None:
-            self._pool = None
-        else:
-            self._pool = TexturePool(self.textures)
+        self._pool = texture_pool(self.textures, "textures")
+        if isinstance(self.textures, Path):
             self.textures = str(self.textures)
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:

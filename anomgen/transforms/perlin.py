@@ -19,7 +19,7 @@ from anomgen.core import (
 )
 from anomgen.functional.perlin import perlin_noise
 from anomgen.functional.photometric import apply_augmenters, sample_augmenters
-from anomgen.io import TexturePool
+from anomgen.io import TexturePool, texture_pool
 
 __all__ = ["PerlinMaskGenerator", "PerlinTexturePaste"]
 
@@ -108,12 +108,8 @@ class PerlinTexturePaste(AnomalyTransform):
             raise ValueError(f"opacity must stay below 1 (1 keeps the image), got {self.opacity!r}")
         if not 0 <= int(self.n_augmenters) <= 10:
             raise ValueError(f"n_augmenters must be 0..10, got {self.n_augmenters!r}")
-        if isinstance(self.textures, TexturePool):
-            self._pool = self.textures
-        elif self.textures is None:
-            self._pool = None
-        else:
-            self._pool = TexturePool(self.textures)
+        self._pool = texture_pool(self.textures, "textures")
+        if isinstance(self.textures, Path):
             self.textures = str(self.textures)
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:

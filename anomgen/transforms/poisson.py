@@ -17,7 +17,7 @@ import torch
 from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
 from anomgen.functional.blend import poisson_blend
 from anomgen.functional.cutpaste import check_box
-from anomgen.io import TexturePool, resize
+from anomgen.io import TexturePool, resize, texture_pool
 from anomgen.transforms.seen import check_foreground, sample_position
 
 __all__ = ["PoissonPatch"]
@@ -58,15 +58,9 @@ class PoissonPatch(AnomalyTransform):
         self.rescale = check_range("rescale", self.rescale, 0.01, 100.0)
         check_foreground(self.foreground, self.foreground_threshold)
         self.foreground_invert = bool(self.foreground_invert)
-        if self.sources is None or isinstance(self.sources, TexturePool):
-            self._pool = self.sources
-        elif isinstance(self.sources, str | Path):
-            self._pool = TexturePool(self.sources)
+        self._pool = texture_pool(self.sources, "sources")
+        if isinstance(self.sources, Path):
             self.sources = str(self.sources)
-        else:
-            raise ValueError(
-                f"sources must be a folder, a TexturePool or None, got {self.sources!r:.80}"
-            )
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         height, width = image.shape[-2:]
