@@ -158,7 +158,6 @@ class PatchMemoryBank(nn.Module):
         return self
 
     @torch.no_grad()
-    @torch.no_grad()
     def calibrate(self, map_batches: Iterable[tuple[Tensor, Tensor]]) -> PatchMemoryBank:
         """Record the mean and std of PRN's logits and of the distances over all pixels of
         held-out normal images, given batch by batch as (logits, distances); marks the bank

@@ -198,7 +198,7 @@ class TrainConfig:
         return cls(**values)
 
 
-def _names(field: str, values: Any, known: Sequence[str], distinct: bool) -> list[str]:
+def _names(key: str, values: Any, known: Sequence[str], distinct: bool) -> list[str]:
     """``values`` as a list, checked to be a non-empty sequence of names among ``known``."""
     if (
         isinstance(values, str)
@@ -208,7 +208,7 @@ def _names(field: str, values: Any, known: Sequence[str], distinct: bool) -> lis
         or (distinct and len(set(values)) != len(values))
     ):
         what = "distinct names" if distinct else "names"
-        raise ValueError(f"{field} must be {what} among {tuple(known)}, got {values!r}")
+        raise ValueError(f"{key} must be {what} among {tuple(known)}, got {values!r}")
     return list(values)
 
 

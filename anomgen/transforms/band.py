@@ -50,14 +50,14 @@ class EdgeBandPaste(AnomalyTransform):
     _pool: TexturePool | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sides, str) or not self.sides:
-            raise ValueError(
-                f"sides must be a non-empty list among {EDGE_SIDES}, got {self.sides!r}"
-            )
-        if any(side not in EDGE_SIDES for side in self.sides) or len(set(self.sides)) != len(
-            self.sides
+        sides = self.sides
+        if (
+            isinstance(sides, str)
+            or not sides
+            or any(side not in EDGE_SIDES for side in sides)
+            or len(set(sides)) != len(sides)
         ):
-            raise ValueError(f"sides must be distinct names among {EDGE_SIDES}, got {self.sides!r}")
+            raise ValueError(f"sides must be distinct names among {EDGE_SIDES}, got {sides!r}")
         self.sides = tuple(self.sides)
         self.depth = check_range("depth", self.depth, 0.01, 1.0)
         self.tilt = check_range("tilt", self.tilt, -1.0, 1.0)
