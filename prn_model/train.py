@@ -442,7 +442,10 @@ def _run(
         payload = load_checkpoint(checkpoint_path)
         _check_same_run(payload["config"], config, checkpoint_path)
         model_config = PRNConfig.from_dict(payload["model_config"])
+    # On the training device before anything is fitted or loaded: prototype fitting then runs
+    # on the GPU, and a resumed optimizer's state lands beside the parameters it belongs to.
     model = PRN(model_config, pretrained=config.pretrained, weights_path=config.weights)
+    model.to(device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
@@ -459,7 +462,6 @@ def _run(
     else:
         normals = torch.stack([dataset.load(i) for i in range(len(dataset))])
         model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
-    model.to(device)
     if dist_.main:
         _write_text_atomic(out / "manifest.json", split.to_json())
         _write_text_atomic(out / "recipe.json", json.dumps(transform.to_dict(), indent=2))

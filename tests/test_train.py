@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prn_model.data import make_split
+from prn_model.network import PRN
 from prn_model.prototypes import num_prototypes
 from prn_model.train import (
     TrainConfig,
@@ -57,6 +58,24 @@ def test_resume_reaches_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_fits_prototypes_on_the_gpu_and_resumes(tmp_path, monkeypatch):
+    fitted_on = []
+    fit_prototypes = PRN.fit_prototypes
+
+    def spy(model, *args, **kwargs):
+        fitted_on.append(model.device.type)
+        return fit_prototypes(model, *args, **kwargs)
+
+    monkeypatch.setattr(PRN, "fit_prototypes", spy)
+    run(tiny_train_config(device="cuda", stop_at_step=3), tmp_path / "run")
+    assert fitted_on == ["cuda"]
+    # The resumed optimizer state must land on the GPU beside the parameters.
+    metrics = run(tiny_train_config(device="cuda"), tmp_path / "run", resume=True)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):
