@@ -1,0 +1,146 @@
+"""Where a checkpoint's pixel errors come from, and what averaging two checkpoints changes.
+
+Scores a checkpoint's test set (the split rebuilt from its own config and seed) and ranks
+the defect pixels of each type against three sets of normal pixels: all of them (the usual
+pixel AUROC), those of the normal test images only, and the normal pixels of the same
+type's anomalous images (the ground around each defect). When the second figure is far
+above the first, the errors sit around the defects (maps spilling over the mask, or
+defect-like ground the mask leaves out), not on normal parts.
+
+With ``--ensemble OTHER`` (a checkpoint of the same data, split and image size; both with a
+memory bank) it also scores the mean of the two models' fused maps in their calibrated,
+standardised scale. ``--bank-weight`` overrides the memory bank's weight in each model's
+fusion. Settings compared on the test set are optimistic: the ten-shot protocol has no
+anomalous validation set.
+
+    python benchmarks/analyse_pixel_errors.py runs/benchmark_band/seed0/checkpoint.pt \\
+        --ensemble runs/benchmark_bank/seed0/checkpoint.pt --bank-weight 0.333
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from prn_model.data import Split, load_records, make_split
+from prn_model.memory_bank import patch_features
+from prn_model.metrics import auroc, evaluate
+from prn_model.network import PRN
+from prn_model.train import TrainConfig, load_checkpoint, read_records
+from prn_model.zoo import load_model
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+
+
+def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
+    config = TrainConfig.from_dict(load_checkpoint(path)["config"])
+    records = read_records(config, path.parent.parent / ".cache")
+    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    return load_model(path).eval(), config, split
+
+
+@torch.no_grad()
+def standardised_maps(model: PRN, split: Split, size: int, bank_weight: float | None) -> Tensor:
+    """(N, H, W) fused maps in the model's standardised scale (plain logits without a bank)."""
+    bank = model.memory_bank
+    maps = []
+    for start in tqdm(range(0, len(split.test), 16), desc="maps", unit="batch", leave=False):
+        images, _ = load_records(split.test[start : start + 16], size)
+        features = model.extract_features(images)
+        logits = model.head(features, images.shape[-2:])
+        if bank is None:
+            maps.append(logits[:, 0])
+            continue
+        weight = bank.weight if bank_weight is None else bank_weight
+        logit_mean, logit_std, distance_mean, distance_std = bank.calibration
+        distance = bank.distance_map(patch_features(features), images.shape[-2:])
+        fused = (1 - weight) * (logits - logit_mean) / logit_std + weight * (
+            distance - distance_mean
+        ) / distance_std
+        maps.append(fused[:, 0])
+    return torch.cat(maps)
+
+
+def probabilities(model: PRN, maps: Tensor) -> Tensor:
+    """Standardised maps back in ``model``'s probability scale, as its ``anomaly_map`` gives."""
+    if model.memory_bank is None:
+        return torch.sigmoid(maps)
+    logit_mean, logit_std = model.memory_bank.calibration[:2]
+    return torch.sigmoid(logit_mean + logit_std * maps)
+
+
+def error_sources(
+    maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, types: list
+) -> dict[str, tuple[float, float, float]]:
+    """Pixel AUROC of each type's defect pixels (and of all) against all normal pixels, the
+    pixels of normal images only, and the normal pixels of that type's anomalous images."""
+    types = np.array(types, dtype=object)
+    ground = ~masks
+    normal_images = ground & (labels == 0)[:, None, None]
+    table = {}
+    for name in ["all", *dict.fromkeys(types[labels == 1])]:
+        chosen = (labels == 1) if name == "all" else (types == name) & (labels == 1)
+        defect = masks & chosen[:, None, None]
+        cells = []
+        for negatives in (ground, normal_images, ground & chosen[:, None, None]):
+            scores = np.concatenate([maps[defect], maps[negatives]])
+            truth = np.concatenate([np.ones(defect.sum()), np.zeros(negatives.sum())])
+            cells.append(auroc(scores, truth))
+        table[str(name)] = tuple(cells)
+    return table
+
+
+def print_error_sources(table: dict[str, tuple[float, float, float]]) -> None:
+    print(
+        f"{'defect pixels':>14} {'vs all normal':>14} {'vs normal images':>17}"
+        f" {'vs own ground':>14}"
+    )
+    for name, (every, normal, own) in table.items():
+        print(f"{name:>14} {every:>14.4f} {normal:>17.4f} {own:>14.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--ensemble", type=Path, help="a second checkpoint to average with")
+    parser.add_argument("--bank-weight", type=float, help="memory-bank weight in each fusion")
+    args = parser.parse_args()
+    if args.bank_weight is not None and not 0.0 <= args.bank_weight <= 1.0:
+        parser.error(f"--bank-weight must be in [0, 1], got {args.bank_weight}")
+    model, config, split = load(args.checkpoint)
+    labels = np.array([r.label for r in split.test])
+    types = [r.defect_type for r in split.test]
+    masks = np.concatenate(
+        [
+            load_records(split.test[s : s + 64], config.image_size)[1][:, 0].numpy() > 0.5
+            for s in range(0, len(split.test), 64)
+        ]
+    )
+    first = standardised_maps(model, split, config.image_size, args.bank_weight)
+    runs = {str(args.checkpoint): first}
+    if args.ensemble is not None:
+        other, other_config, other_split = load(args.ensemble)
+        if other_split.test != split.test or other_config.image_size != config.image_size:
+            raise SystemExit(f"{args.ensemble} was not evaluated on the same test set and size")
+        if model.memory_bank is None or other.memory_bank is None:
+            raise SystemExit("an ensemble needs two checkpoints with a memory bank (calibration)")
+        second = standardised_maps(other, split, config.image_size, args.bank_weight)
+        runs[str(args.ensemble)] = second
+        runs["mean of both"] = (first + second) / 2
+    print(" ".join(f"{m:>11}" for m in METRICS) + "  maps")
+    for name, maps in runs.items():
+        maps = probabilities(model, maps)
+        result = evaluate(model.image_score(maps).numpy(), labels, maps.numpy(), masks, types)
+        print(" ".join(f"{result[m]:>11.4f}" for m in METRICS) + f"  {name}")
+    for name, maps in runs.items():
+        print(f"\nwhere pixel AUROC is lost: {name}")
+        print_error_sources(error_sources(maps.numpy(), masks, labels, types))
+
+
+if __name__ == "__main__":
+    main()
