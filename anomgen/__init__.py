@@ -21,6 +21,7 @@ from anomgen.transforms import (
     PerlinTexturePaste,
     PoissonPatch,
     RandomApply,
+    RealAnomalyImage,
     SeenAnomalyPaste,
     SomeOf,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "PerlinTexturePaste",
     "PoissonPatch",
     "RandomApply",
+    "RealAnomalyImage",
     "SeenAnomalyPaste",
     "SomeOf",
     "SynthesisDataset",

@@ -42,6 +42,7 @@ from anomgen.transforms import (
     OneOf,
     PerlinTexturePaste,
     PoissonPatch,
+    RealAnomalyImage,
     SeenAnomalyPaste,
 )
 from anomgen.transforms.seen import POSITIONS
@@ -108,6 +109,7 @@ class TrainConfig:
     normal_weight: float = 2.0
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
+    original_weight: float = 0.0
     seen_blend: str = "paste"
     seen_position: str = "random"
     seen_rotation: list[float] = field(default_factory=lambda: [-90.0, 90.0])
@@ -161,6 +163,8 @@ class TrainConfig:
                 f"seen_rotation must be [min, max] degrees in [-360, 360], got {rotation!r}"
             )
         self.seen_rotation = [float(v) for v in rotation]
+        if not 0.0 <= float(self.original_weight) < float("inf"):
+            raise ValueError(f"original_weight must be >= 0, got {self.original_weight!r}")
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
@@ -264,7 +268,8 @@ def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
 
 
 def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
-    """The training mix: normal images, seen-anomaly extension and simulated anomalies.
+    """The training mix: normal images, seen-anomaly extension, simulated anomalies and, with
+    ``original_weight`` > 0, the few-shot anomalous images themselves.
 
     ``config.recipe`` (a YAML/JSON anomgen config) replaces the default mix.
     """
@@ -284,10 +289,12 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         position=config.seen_position,
         rotation=tuple(config.seen_rotation),
     )
-    return OneOf(
-        [Normal(), seen, simulated],
-        weights=[config.normal_weight, config.seen_weight, config.simulated_weight],
-    )
+    parts = [Normal(), seen, simulated]
+    weights = [config.normal_weight, config.seen_weight, config.simulated_weight]
+    if config.original_weight > 0:
+        parts.append(RealAnomalyImage(anomalies=pool))
+        weights.append(config.original_weight)
+    return OneOf(parts, weights=weights)
 
 
 class _StepBatches:

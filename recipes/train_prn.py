@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="weights of normal / seen-extension / simulated samples (default 2 1 1)",
     )
     parser.add_argument(
+        "--original-weight",
+        type=float,
+        default=0.0,
+        help="weight of the few-shot anomalous images themselves, unaltered but for flips "
+        "(anomgen RealAnomalyImage), beside --mix's three (default 0: the paper's mix)",
+    )
+    parser.add_argument(
         "--no-residuals",
         action="store_true",
         help="ablation: feed zeros instead of the prototype residuals",

@@ -27,7 +27,7 @@ from anomgen.functional.geometry import (
     warp_patch,
 )
 from anomgen.io import AnomalyPool, read_image
-from anomgen.transforms.seen import SeenAnomalyPaste
+from anomgen.transforms.seen import RealAnomalyImage, SeenAnomalyPaste
 from tests.conftest import random_image
 
 
@@ -431,3 +431,52 @@ def test_real_blowholes_onto_a_free_tile(shared_data, tmp_path, blend):
         # Blowholes are small: a few hundred pixels at most, never a large region.
         assert 0 < result.mask.sum() < 0.02 * normal.shape[-1] * normal.shape[-2]
     assert len(used) > 1
+
+
+# ------------------------------------------------------------------ RealAnomalyImage
+
+
+def test_real_anomaly_image_returns_the_defect_image_and_its_mask(pool):
+    normal = torch.full((3, 40, 48), 0.9)
+    transform = RealAnomalyImage(anomalies=pool, flip_probability=0.0)
+    params = {"anomaly": 0, "flip_h": False, "flip_v": False}
+    image, mask = transform.apply(normal, params)
+    assert torch.equal(image, pool.images[0]) and torch.equal(mask, pool.masks[0])
+    # grayscale defect on an RGB normal: channels converted; the normal gives only the size
+    image, mask = transform.apply(torch.zeros(3, 20, 24), {**params, "anomaly": 1})
+    assert image.shape == (3, 20, 24) and mask.shape == (1, 20, 24)
+    assert torch.equal(image[0], image[1]) and 0 < mask.sum() < mask.numel()
+
+
+def test_real_anomaly_image_flips_image_and_mask_together(pool):
+    transform = RealAnomalyImage(anomalies=pool)
+    straight = transform.apply(
+        torch.zeros(3, 40, 48), {"anomaly": 0, "flip_h": False, "flip_v": False}
+    )
+    flipped = transform.apply(
+        torch.zeros(3, 40, 48), {"anomaly": 0, "flip_h": True, "flip_v": True}
+    )
+    for a, b in zip(straight, flipped):
+        assert torch.equal(a.flip([-1, -2]), b)
+    result = transform(torch.zeros(3, 40, 48), seed=5)
+    again = transform(torch.zeros(3, 40, 48), seed=5)
+    assert torch.equal(result.image, again.image) and torch.equal(result.mask, again.mask)
+    half = transform(torch.zeros(2, 1, 40, 48, dtype=torch.float16), seed=5)
+    assert half.image.dtype == torch.float16 and half.image.shape == (2, 1, 40, 48)
+
+
+def test_real_anomaly_image_from_files_round_trips_and_rejects_bad_input(tmp_path, pool):
+    folder, _ = _write_pool(tmp_path / "pool")
+    transform = RealAnomalyImage(anomalies=folder, flip_probability=0.25)
+    rebuilt = from_dict(json.loads(json.dumps(transform.to_dict())))
+    assert isinstance(rebuilt, RealAnomalyImage) and rebuilt.flip_probability == 0.25
+    image = random_image(3, 32, 32)
+    assert torch.equal(transform(image, seed=1).image, rebuilt(image, seed=1).image)
+    with pytest.raises(ValueError, match="flip_probability"):
+        RealAnomalyImage(anomalies=pool, flip_probability=1.5)
+    with pytest.raises(ValueError, match="outside the pool of 2"):
+        RealAnomalyImage(anomalies=pool).apply(
+            image, {"anomaly": 2, "flip_h": False, "flip_v": False}
+        )
+    with pytest.raises(FileNotFoundError):
+        RealAnomalyImage(anomalies=tmp_path / "missing")

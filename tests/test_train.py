@@ -151,6 +151,19 @@ def test_band_sides_reach_the_band_strategy(tmp_path):
             tiny_train_config(band_sides=bad)
 
 
+def test_original_weight_adds_the_few_shot_images_to_the_mix(tmp_path):
+    config = tiny_train_config(original_weight=0.5)
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    mix = build_transform(config, split)
+    assert [type(t).__name__ for t in mix.transforms][-1] == "RealAnomalyImage"
+    assert mix.weights[-1] == 0.5 and len(mix.transforms[-1]._pool) == 3
+    assert len(build_transform(tiny_train_config(), split).transforms) == 3  # the paper's mix
+    with pytest.raises(ValueError, match="original_weight"):
+        tiny_train_config(original_weight=-1)
+    config, _, _ = parse_args(["--original-weight", "0.25"])
+    assert config.original_weight == 0.25
+
+
 def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
     config = tiny_train_config(prototype_ratio=0.5, stop_at_step=2)
     run(config, tmp_path / "run")

@@ -6,7 +6,7 @@ from anomgen.transforms.corruption import LocalCorruption
 from anomgen.transforms.cutpaste import CutPaste, CutPasteScar
 from anomgen.transforms.perlin import PerlinMaskGenerator, PerlinTexturePaste
 from anomgen.transforms.poisson import PoissonPatch
-from anomgen.transforms.seen import SeenAnomalyPaste
+from anomgen.transforms.seen import RealAnomalyImage, SeenAnomalyPaste
 
 __all__ = [
     "Compose",
@@ -20,6 +20,7 @@ __all__ = [
     "PerlinTexturePaste",
     "PoissonPatch",
     "RandomApply",
+    "RealAnomalyImage",
     "SeenAnomalyPaste",
     "SomeOf",
 ]

@@ -28,7 +28,15 @@ from anomgen.functional.geometry import (
 )
 from anomgen.io import AnomalyPool, resize
 
-__all__ = ["FOREGROUNDS", "POSITIONS", "SeenAnomalyPaste", "check_foreground", "sample_position"]
+__all__ = [
+    "FOREGROUNDS",
+    "POSITIONS",
+    "RealAnomalyImage",
+    "SeenAnomalyPaste",
+    "anomaly_pool",
+    "check_foreground",
+    "sample_position",
+]
 
 FOREGROUNDS = ("none", "otsu", "threshold")
 DISTORTIONS = ("elastic", "optical")
@@ -149,7 +157,7 @@ class SeenAnomalyPaste(AnomalyTransform):
     )
 
     def __post_init__(self) -> None:
-        self._pool = self._build_pool()
+        self._pool, self.anomalies, self.masks = anomaly_pool(self.anomalies, self.masks)
         self.flip_probability = _check_probability("flip_probability", self.flip_probability)
         self.rotation = check_range("rotation", self.rotation, -360.0, 360.0)
         self.scale = check_range("scale", self.scale, 0.01, 100.0)
@@ -183,33 +191,6 @@ class SeenAnomalyPaste(AnomalyTransform):
                 f"foreground={self.foreground!r} only applies to position='random': a defect "
                 "at its source position ignores the foreground"
             )
-
-    def _build_pool(self) -> AnomalyPool:
-        anomalies, masks = self.anomalies, self.masks
-        if isinstance(anomalies, AnomalyPool):
-            if masks is not None:
-                raise ValueError("masks only applies to a folder of anomalies, not to a pool")
-            return anomalies
-        if isinstance(anomalies, dict):  # a pool as serialised by AnomalyPool.to_dict
-            if set(anomalies) - {"images", "masks"} or "images" not in anomalies:
-                raise ValueError(f"anomalies dict needs 'images' (and 'masks'), got {anomalies!r}")
-            if masks is not None and anomalies.get("masks") not in (None, masks):
-                raise ValueError(f"conflicting masks {anomalies['masks']!r} and {masks!r}")
-            anomalies, masks = anomalies["images"], anomalies.get("masks") or masks
-        if isinstance(anomalies, str | Path):
-            if masks is not None and not isinstance(masks, str | Path):
-                raise ValueError(f"masks must be a folder or None, got {masks!r:.80}")
-            pool = AnomalyPool(anomalies, masks)
-            self.anomalies, self.masks = str(anomalies), None if masks is None else str(masks)
-            return pool
-        if _is_file_list(anomalies) and _is_file_list(masks):
-            pool = AnomalyPool(anomalies, masks)
-            self.anomalies, self.masks = [str(p) for p in anomalies], [str(p) for p in masks]
-            return pool
-        raise ValueError(
-            "anomalies must be a folder (masks: a folder or None), a list of image files "
-            f"(masks: a list of as many mask files) or an AnomalyPool; got {anomalies!r:.80}"
-        )
 
     # ------------------------------------------------------------------ sampling
 
@@ -341,6 +322,78 @@ class SeenAnomalyPaste(AnomalyTransform):
             rows, cols = _around(mask, _CUT_MARGIN)
             self._cuts[key] = (image[:, rows, cols].contiguous(), mask[:, rows, cols].contiguous())
         return self._cuts[key]
+
+
+@register
+@dataclass
+class RealAnomalyImage(AnomalyTransform):
+    """A real anomalous image itself, with its mask, in place of the normal image.
+
+    Seen-anomaly extension cuts real defects out, so a model never sees the ground around a
+    real defect labelled normal. Where defective parts differ from normal ones also away
+    from their defects (MTD's tiles do), the few anomalous images themselves can teach a
+    model to leave that ground alone. ``anomalies`` and ``masks`` are as in
+    ``SeenAnomalyPaste``. The anomalous image is resized to the normal image's size (its
+    channels converted) and flipped horizontally and vertically, each with
+    ``flip_probability``; the normal image only gives the size.
+    """
+
+    anomalies: str | Path | Sequence[str | Path] | AnomalyPool
+    masks: str | Path | Sequence[str | Path] | None = None
+    flip_probability: float = 0.5
+    _pool: AnomalyPool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._pool, self.anomalies, self.masks = anomaly_pool(self.anomalies, self.masks)
+        self.flip_probability = _check_probability("flip_probability", self.flip_probability)
+
+    def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        return {
+            "anomaly": random_int(generator, 0, len(self._pool) - 1),
+            "flip_h": random_uniform(generator, 0, 1) < self.flip_probability,
+            "flip_v": random_uniform(generator, 0, 1) < self.flip_probability,
+        }
+
+    def apply(
+        self, image: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = params["anomaly"]
+        if not 0 <= index < len(self._pool):
+            raise ValueError(f"anomaly index {index} is outside the pool of {len(self._pool)}")
+        size = tuple(image.shape[-2:])
+        real = match_channels(resize(self._pool.images[index], size), image.shape[0])
+        mask = _resize_mask(self._pool.masks[index], size)
+        flips = [dim for dim, flip in ((-1, params["flip_h"]), (-2, params["flip_v"])) if flip]
+        if flips:
+            real, mask = real.flip(flips), mask.flip(flips)
+        return real.to(image), mask.to(image)
+
+
+def anomaly_pool(anomalies: Any, masks: Any) -> tuple[AnomalyPool, Any, Any]:
+    """The pool behind a transform's ``anomalies``/``masks`` arguments, and those arguments
+    in serialisable form (folders and file lists as strings; a pool is kept as given)."""
+    if isinstance(anomalies, AnomalyPool):
+        if masks is not None:
+            raise ValueError("masks only applies to a folder of anomalies, not to a pool")
+        return anomalies, anomalies, None
+    if isinstance(anomalies, dict):  # a pool as serialised by AnomalyPool.to_dict
+        if set(anomalies) - {"images", "masks"} or "images" not in anomalies:
+            raise ValueError(f"anomalies dict needs 'images' (and 'masks'), got {anomalies!r}")
+        if masks is not None and anomalies.get("masks") not in (None, masks):
+            raise ValueError(f"conflicting masks {anomalies['masks']!r} and {masks!r}")
+        anomalies, masks = anomalies["images"], anomalies.get("masks") or masks
+    if isinstance(anomalies, str | Path):
+        if masks is not None and not isinstance(masks, str | Path):
+            raise ValueError(f"masks must be a folder or None, got {masks!r:.80}")
+        pool = AnomalyPool(anomalies, masks)
+        return pool, str(anomalies), None if masks is None else str(masks)
+    if _is_file_list(anomalies) and _is_file_list(masks):
+        pool = AnomalyPool(anomalies, masks)
+        return pool, [str(p) for p in anomalies], [str(p) for p in masks]
+    raise ValueError(
+        "anomalies must be a folder (masks: a folder or None), a list of image files "
+        f"(masks: a list of as many mask files) or an AnomalyPool; got {anomalies!r:.80}"
+    )
 
 
 def _is_file_list(value: Any) -> bool:
