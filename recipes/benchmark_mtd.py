@@ -83,6 +83,12 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"{args.seen_rotation[1]:g} degrees, simulated anomalies "
         f"{' + '.join(args.simulated)}"
         + (f" (bands from {' / '.join(args.band_sides)})" if "band" in args.simulated else "")
+        + (
+            f", the few-shot anomalous images themselves at weight {args.original_weight:g} "
+            "(normal 2, seen 1, simulated 1)"
+            if args.original_weight
+            else ""
+        )
         + ", "
         + (
             f"maps fused with a memory bank of {args.memory_bank_size} normal patch vectors "
@@ -198,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         help="image edges the 'band' strategy starts from",
     )
     parser.add_argument(
+        "--original-weight",
+        type=float,
+        default=0.0,
+        help="weight of the few-shot anomalous images themselves in the mix (0: the paper)",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=0,
@@ -236,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         seen_rotation=args.seen_rotation,
         simulated=args.simulated,
         band_sides=args.band_sides,
+        original_weight=args.original_weight,
         memory_bank_size=args.memory_bank_size,
         memory_bank_weight=args.memory_bank_weight,
     )
