@@ -81,7 +81,9 @@ def error_sources(
 ) -> dict[str, tuple[float, ...]]:
     """Pixel AUROC of each type's defect pixels (and of all) against all normal pixels, the
     pixels of normal images only, the normal pixels of that type's anomalous images, and
-    those of them farther than ``margin`` pixels (square neighbourhood) from a defect."""
+    those of them farther than ``margin`` pixels (square neighbourhood) from a defect; last,
+    the share of that far ground scoring above the 99th percentile of the normal images'
+    pixels (0.01 if it looked like normal ground)."""
     types = np.array(types, dtype=object)
     ground = ~masks
     normal_images = ground & (labels == 0)[:, None, None]
@@ -91,6 +93,7 @@ def error_sources(
         )[:, 0].numpy()
         > 0
     )
+    normal_p99 = np.quantile(maps[normal_images], 0.99)
     table = {}
     for name in ["all", *dict.fromkeys(types[labels == 1])]:
         chosen = (labels == 1) if name == "all" else (types == name) & (labels == 1)
@@ -101,6 +104,7 @@ def error_sources(
             scores = np.concatenate([maps[defect], maps[negatives]])
             truth = np.concatenate([np.ones(defect.sum()), np.zeros(negatives.sum())])
             cells.append(auroc(scores, truth))
+        cells.append(float((maps[own_ground & ~near] > normal_p99).mean()))
         table[str(name)] = tuple(cells)
     return table
 
@@ -109,10 +113,12 @@ def print_error_sources(table: dict[str, tuple[float, ...]], margin: int) -> Non
     far = f"vs ground > {margin} px off"
     print(
         f"{'defect pixels':>14} {'vs all normal':>14} {'vs normal images':>17}"
-        f" {'vs own ground':>14} {far:>22}"
+        f" {'vs own ground':>14} {far:>22} {'far ground > normal p99':>24}"
     )
-    for name, (every, normal, own, own_far) in table.items():
-        print(f"{name:>14} {every:>14.4f} {normal:>17.4f} {own:>14.4f} {own_far:>22.4f}")
+    for name, (every, normal, own, own_far, hot) in table.items():
+        print(
+            f"{name:>14} {every:>14.4f} {normal:>17.4f} {own:>14.4f} {own_far:>22.4f} {hot:>24.3f}"
+        )
 
 
 def main() -> None:
