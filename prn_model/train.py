@@ -390,6 +390,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    # Options added since the checkpoint was written take their defaults.
+    saved = TrainConfig.from_dict(saved).to_dict()
     current = config.to_dict()
     differing = sorted(
         k

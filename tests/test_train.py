@@ -78,6 +78,16 @@ def test_cuda_run_fits_prototypes_on_the_gpu_and_resumes(tmp_path, monkeypatch):
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
 
 
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):
+    run(tiny_train_config(stop_at_step=3), tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    del payload["config"]["original_weight"]  # as written before --original-weight
+    torch.save(payload, path)
+    run(tiny_train_config(), tmp_path / "run", resume=True)
+    assert load_checkpoint(path)["step"] == 6
+
+
 def test_resume_with_another_config_fails_clearly(tmp_path):
     run(tiny_train_config(steps=2), tmp_path / "run")
     with pytest.raises(ValueError, match="another configuration.*lr"):
