@@ -95,6 +95,13 @@ _MTD_INPLACE_TRAIN = {
     "seen_position": "source",
     "seen_rotation": [0.0, 0.0],
 }
+# prn_lite0_mtd_band's training: three simulated strategies, bands from the top and bottom.
+_MTD_BAND_TRAIN = {
+    **_MTD_INPLACE_TRAIN,
+    "simulated": ["texture", "scar", "band"],
+    "band_sides": ["top", "bottom"],
+    "memory_bank_size": 8192,
+}
 
 # Measured results are filled in by hand from a run's metrics.json; {} = not measured yet.
 _ENTRIES = [
@@ -228,12 +235,7 @@ _ENTRIES = [
         "MTD's Uneven grinding bands. Best pixel AUROC and AP; AUPRO below prn_lite0_mtd_bank "
         "(pass root=; textures= for DTD).",
         model={**_MTD_INPLACE_MODEL, "memory_bank_size": 8192},
-        train={
-            **_MTD_INPLACE_TRAIN,
-            "simulated": ["texture", "scar", "band"],
-            "band_sides": ["top", "bottom"],
-            "memory_bank_size": 8192,
-        },
+        train=_MTD_BAND_TRAIN,
         recipe="prn",
         # Mean ± std over seeds 0-2, ten-shot, DTD textures; measured 2026-11-28 with the
         # command below (docs/results.md). The band strategy was designed after looking at
@@ -258,13 +260,7 @@ _ENTRIES = [
         "AUPRO and AP on MTD; image AUROC a little below prn_lite0_mtd_band "
         "(pass root=; textures= for DTD).",
         model={**_MTD_INPLACE_MODEL, "memory_bank_size": 8192},
-        train={
-            **_MTD_INPLACE_TRAIN,
-            "simulated": ["texture", "scar", "band"],
-            "band_sides": ["top", "bottom"],
-            "original_weight": 0.5,
-            "memory_bank_size": 8192,
-        },
+        train={**_MTD_BAND_TRAIN, "original_weight": 0.5},
         recipe="prn",
         # Mean ± std over seeds 0-2, ten-shot, DTD textures; measured 2026-11-28 with the
         # command below (docs/results.md). The idea came from an analysis of seed 0-1 maps;
