@@ -123,6 +123,7 @@ class TrainConfig:
     top_k: int = 100
     memory_bank_size: int = 0
     memory_bank_weight: float = 0.5
+    intensity_normalisation: str = "none"
     checkpoint_every: int = 100
     num_workers: int = 0
     device: str = "auto"
@@ -191,6 +192,7 @@ class TrainConfig:
             attention_divisors=tuple(self.attention_divisors),
             memory_bank_size=self.memory_bank_size,
             memory_bank_weight=self.memory_bank_weight,
+            intensity_normalisation=self.intensity_normalisation,
         )
 
     @classmethod

@@ -288,6 +288,7 @@ _ADDED_WITH_OLD_BEHAVIOUR = {
     "patch_prototypes",
     "memory_bank_size",
     "memory_bank_weight",
+    "intensity_normalisation",
 }
 
 

@@ -91,6 +91,11 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         )
         + ", "
         + (
+            "every image brought to one grey-level mean and contrast before the backbone, "
+            if args.intensity_normalisation == "image"
+            else ""
+        )
+        + (
             f"maps fused with a memory bank of {args.memory_bank_size} normal patch vectors "
             f"(weight {args.memory_bank_weight:g}), "
             if args.memory_bank_size
@@ -221,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="weight of the memory bank's map in the fusion (0.5: equal)",
     )
+    parser.add_argument(
+        "--intensity-normalisation",
+        choices=["none", "image"],
+        default="none",
+        help="image: one grey-level mean and contrast for every image (docs/results.md)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -251,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         original_weight=args.original_weight,
         memory_bank_size=args.memory_bank_size,
         memory_bank_weight=args.memory_bank_weight,
+        intensity_normalisation=args.intensity_normalisation,
     )
     try:  # every seed shares these settings: check them once, before any seed trains
         TrainConfig(**settings)

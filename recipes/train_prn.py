@@ -14,6 +14,7 @@ from pathlib import Path
 
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
+from prn_model.network import INTENSITY_NORMALISATIONS
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
 
@@ -154,6 +155,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         type=float,
         default=defaults.memory_bank_weight,
         help="weight of the memory bank's map in the fusion (0.5: equal)",
+    )
+    parser.add_argument(
+        "--intensity-normalisation",
+        choices=INTENSITY_NORMALISATIONS,
+        default=defaults.intensity_normalisation,
+        help="image: bring every image to one grey-level mean and contrast before the backbone, "
+        "so exposure differences are not anomalies (MTD; docs/results.md)",
     )
     parser.add_argument("--recipe", help="anomgen YAML/JSON config replacing the training mix")
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)

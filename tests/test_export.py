@@ -134,6 +134,17 @@ def test_model_with_a_memory_bank_exports_the_fused_maps(tmp_path: Path, kind: s
     assert verify_export(banked, export(banked, tmp_path / f"banked.{kind}")) < ATOL
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_intensity_normalised_model_exports(tmp_path: Path, kind: str):
+    torch.manual_seed(0)
+    config = PRNConfig(backbone="resnet18", image_size=64, intensity_normalisation="image")
+    normalised = PRN(config, pretrained=False)
+    normalised.fit_prototypes(_images(4, seed=6), n_images=4)
+    normalised.eval()
+    export = export_onnx if kind == "onnx" else export_torchscript
+    assert verify_export(normalised, export(normalised, tmp_path / f"normalised.{kind}")) < ATOL
+
+
 def test_export_rejects_bad_input(model: PRN, tmp_path: Path):
     unfitted = PRN(PRNConfig(backbone="resnet18", image_size=64), pretrained=False)
     with pytest.raises(ValueError, match="not fitted"):

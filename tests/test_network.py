@@ -20,6 +20,7 @@ from prn_model.network import (
     _from_patch_tokens,
     _resize,
     _to_patch_tokens,
+    normalise_intensity,
     valid_patch_divisors,
 )
 
@@ -425,6 +426,7 @@ def test_config_rejects_unknown_keys_by_name():
         {"top_k": True},
         {"num_prototypes": (1, 2)},
         {"backbone": ""},
+        {"intensity_normalisation": "global"},
     ],
 )
 def test_config_rejects_bad_values(overrides):
@@ -446,3 +448,37 @@ def test_backbone_must_have_four_scales():
 
     with pytest.raises(ValueError, match="4 feature maps"):
         PRN(_config(), backbone=ThreeScales())
+
+
+def test_normalise_intensity_gives_every_image_the_same_mean_and_contrast():
+    base = _images(2, seed=3) * 0.2 + 0.1
+    images = torch.cat([base, base * 2.5 + 0.2])  # brighter, higher-contrast copies
+    normalised = normalise_intensity(images)
+    torch.testing.assert_close(normalised[:2], normalised[2:], atol=1e-5, rtol=0)
+    means = normalised.flatten(1).mean(dim=1)
+    stds = normalised.flatten(1).std(dim=1)
+    torch.testing.assert_close(means, torch.full((4,), 0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stds, torch.full((4,), 0.125), atol=1e-4, rtol=0)
+
+
+def test_normalise_intensity_keeps_the_range_and_only_shifts_flat_images():
+    flat = torch.full((1, 1, 8, 8), 0.9)
+    torch.testing.assert_close(normalise_intensity(flat), torch.full_like(flat, 0.5))
+    outlier = torch.zeros(1, 1, 16, 16)
+    outlier[..., 0, 0] = 1.0  # one bright pixel lies far beyond four standard deviations
+    normalised = normalise_intensity(outlier)
+    assert normalised.min() >= 0 and normalised.max() == 1.0
+
+
+def test_intensity_normalisation_makes_the_map_blind_to_exposure():
+    torch.manual_seed(0)
+    model = PRN(_config(intensity_normalisation="image"), backbone=TinyBackbone())
+    model.fit_prototypes(_images(10), 10).eval()
+    images = _images(2, seed=7) * 0.5
+    brighter = images * 1.6 + 0.1
+    torch.testing.assert_close(
+        model.anomaly_map(images), model.anomaly_map(brighter), atol=1e-5, rtol=0
+    )
+    plain = PRN(_config(), backbone=TinyBackbone())
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain.anomaly_map(images), plain.anomaly_map(brighter), atol=1e-3)

@@ -229,8 +229,10 @@ def test_recipe_parses_ablation_switches():
         + ["--band-sides", "top", "bottom"]
         + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
         + ["--memory-bank-size", "4096", "--memory-bank-weight", "0.25"]
+        + ["--intensity-normalisation", "image"]
     )
     assert (config.memory_bank_size, config.memory_bank_weight) == (4096, 0.25)
+    assert config.model_config().intensity_normalisation == "image"
     assert (config.seen_position, config.seen_rotation) == ("source", [-10.0, 10.0])
     assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
