@@ -116,9 +116,9 @@ class PRNConfig:
     memory_bank_weight: weight of the memory bank's standardised map in the fusion (0.5: equal).
     intensity_normalisation: "none" (the paper) or "image" (ours): every image's grey levels are
         shifted and scaled to mean 0.5 and standard deviation 0.125 before the backbone
-        (``normalise_intensity``), so a change of exposure or gain between normal and inspected
-        images is not itself an anomaly. MTD's defect images are about 1.6x brighter and
-        higher-contrast than its normal ones (docs/results.md).
+        (``normalise_intensity``), so a change of exposure or gain between tiles is not itself
+        an anomaly. MTD's mean grey level varies 2.3x between its 10th and 90th percentile tile
+        in every class, and without it brighter tiles score higher (docs/results.md).
     """
 
     backbone: str = "efficientnet_lite0"

@@ -20,6 +20,7 @@ EXPECTED_MODELS = [
     "prn_lite0_mtd_band",
     "prn_lite0_mtd_bank",
     "prn_lite0_mtd_inplace",
+    "prn_lite0_mtd_normalised",
     "prn_lite0_mtd_original",
     "prn_resnet18_mvtec",
     "prn_wide_resnet50_2",
@@ -51,6 +52,11 @@ def test_list_models_and_entries():
     assert banded.band_sides == ["top", "bottom"]
     originals = zoo.train_config("prn_lite0_mtd_original", root="/data")
     assert originals.original_weight == 0.5 and originals.simulated == banded.simulated
+    normalised = zoo.train_config("prn_lite0_mtd_normalised", root="/data")
+    assert normalised.model_config().intensity_normalisation == "image"
+    assert normalised.original_weight == 0.5
+    model = zoo.create_model("prn_lite0_mtd_normalised", pretrained=False)
+    assert model.config.intensity_normalisation == "image"
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
         assert entry.recipe in zoo.RECIPES and entry.source and entry.description
