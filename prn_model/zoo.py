@@ -281,7 +281,8 @@ _ENTRIES = [
         name="prn_lite0_mtd_normalised",
         description="prn_lite0_mtd_original with every image brought to one grey-level mean "
         "and contrast before the backbone, so a tile's exposure is not an anomaly. Best image "
-        "AUROC, pixel AUROC, AUPRO and AP on MTD (pass root=; textures= for DTD).",
+        "AUROC on MTD; --original-weight 1.0 localises a little better (docs/results.md; "
+        "pass root=; textures= for DTD).",
         model={**_MTD_INPLACE_MODEL, "memory_bank_size": 8192, "intensity_normalisation": "image"},
         train={**_MTD_BAND_TRAIN, "original_weight": 0.5, "intensity_normalisation": "image"},
         recipe="prn",
