@@ -232,8 +232,8 @@ _ENTRIES = [
         name="prn_lite0_mtd_band",
         description="prn_lite0_mtd_bank trained with a third simulated anomaly: bands from the "
         "tile's top or bottom edge showing the mirrored tile (anomgen.EdgeBandPaste), like "
-        "MTD's Uneven grinding bands. Best pixel AUROC and AP; AUPRO below prn_lite0_mtd_bank "
-        "(pass root=; textures= for DTD).",
+        "MTD's Uneven grinding bands. Higher pixel AUROC and AP, lower AUPRO than "
+        "prn_lite0_mtd_bank (pass root=; textures= for DTD).",
         model={**_MTD_INPLACE_MODEL, "memory_bank_size": 8192},
         train=_MTD_BAND_TRAIN,
         recipe="prn",
@@ -256,8 +256,8 @@ _ENTRIES = [
         name="prn_lite0_mtd_original",
         description="prn_lite0_mtd_band that also trains on the few-shot anomalous tiles "
         "themselves (anomgen.RealAnomalyImage, weight 0.5 beside normal 2, seen 1, simulated "
-        "1), so it sees the ground around real defects labelled normal. Best pixel AUROC, "
-        "AUPRO and AP on MTD; image AUROC a little below prn_lite0_mtd_band "
+        "1), so it sees the ground around real defects labelled normal. Higher pixel AUROC, "
+        "AUPRO and AP on MTD than prn_lite0_mtd_band, image AUROC a little below it "
         "(pass root=; textures= for DTD).",
         model={**_MTD_INPLACE_MODEL, "memory_bank_size": 8192},
         train={**_MTD_BAND_TRAIN, "original_weight": 0.5},
