@@ -548,9 +548,9 @@ class PRN(nn.Module):
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """Frozen backbone features at strides 4, 8, 16, 32 (no autograd graph)."""
         self._check_input(images)
-        if self.config.intensity_normalisation == "image":
-            images = normalise_intensity(images)
         with torch.no_grad():
+            if self.config.intensity_normalisation == "image":
+                images = normalise_intensity(images)
             return list(self.backbone(images))
 
     @torch.no_grad()

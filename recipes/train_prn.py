@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument(
         "--original-weight",
         type=float,
-        default=0.0,
+        default=defaults.original_weight,
         help="weight of the few-shot anomalous images themselves, unaltered but for flips "
         "(anomgen RealAnomalyImage), beside --mix's three (default 0: the paper's mix)",
     )
