@@ -34,6 +34,7 @@ from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.preview import save_png_atomic
 from anomgen.transforms import (
+    Compose,
     CutPaste,
     CutPasteScar,
     EdgeBandPaste,
@@ -110,6 +111,7 @@ class TrainConfig:
     seen_weight: float = 1.0
     simulated_weight: float = 1.0
     original_weight: float = 0.0
+    augmented_original_weight: float = 0.0
     seen_blend: str = "paste"
     seen_position: str = "random"
     seen_rotation: list[float] = field(default_factory=lambda: [-90.0, 90.0])
@@ -164,8 +166,9 @@ class TrainConfig:
                 f"seen_rotation must be [min, max] degrees in [-360, 360], got {rotation!r}"
             )
         self.seen_rotation = [float(v) for v in rotation]
-        if not 0.0 <= float(self.original_weight) < float("inf"):
-            raise ValueError(f"original_weight must be >= 0, got {self.original_weight!r}")
+        for name in ("original_weight", "augmented_original_weight"):
+            if not 0.0 <= float(getattr(self, name)) < float("inf"):
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
@@ -271,7 +274,10 @@ def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
 
 def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     """The training mix: normal images, seen-anomaly extension, simulated anomalies and, with
-    ``original_weight`` > 0, the few-shot anomalous images themselves.
+    ``original_weight`` > 0, the few-shot anomalous images themselves and, with
+    ``augmented_original_weight`` > 0, those images with a seen or simulated anomaly added on
+    top (their masks joined): more of the defective parts' own ground labelled normal, each
+    time beside a fresh anomaly.
 
     ``config.recipe`` (a YAML/JSON anomgen config) replaces the default mix.
     """
@@ -296,6 +302,9 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     if config.original_weight > 0:
         parts.append(RealAnomalyImage(anomalies=pool))
         weights.append(config.original_weight)
+    if config.augmented_original_weight > 0:
+        parts.append(Compose([RealAnomalyImage(anomalies=pool), OneOf([seen, simulated])]))
+        weights.append(config.augmented_original_weight)
     return OneOf(parts, weights=weights)
 
 

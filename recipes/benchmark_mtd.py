@@ -89,6 +89,12 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
             if args.original_weight
             else ""
         )
+        + (
+            ", the same images with a seen or simulated anomaly added on top at weight "
+            f"{args.augmented_original_weight:g}"
+            if args.augmented_original_weight
+            else ""
+        )
         + ", "
         + (
             "every image brought to one grey-level mean and contrast before the backbone, "
@@ -215,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the few-shot anomalous images themselves in the mix (0: the paper)",
     )
     parser.add_argument(
+        "--augmented-original-weight",
+        type=float,
+        default=0.0,
+        help="weight of the few-shot anomalous images with a seen or simulated anomaly on top",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=0,
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         simulated=args.simulated,
         band_sides=args.band_sides,
         original_weight=args.original_weight,
+        augmented_original_weight=args.augmented_original_weight,
         memory_bank_size=args.memory_bank_size,
         memory_bank_weight=args.memory_bank_weight,
         intensity_normalisation=args.intensity_normalisation,

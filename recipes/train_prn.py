@@ -107,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         "(anomgen RealAnomalyImage), beside --mix's three (default 0: the paper's mix)",
     )
     parser.add_argument(
+        "--augmented-original-weight",
+        type=float,
+        default=defaults.augmented_original_weight,
+        help="weight of the few-shot anomalous images with a seen or simulated anomaly added "
+        "on top, their masks joined (default 0)",
+    )
+    parser.add_argument(
         "--no-residuals",
         action="store_true",
         help="ablation: feed zeros instead of the prototype residuals",

@@ -174,6 +174,29 @@ def test_original_weight_adds_the_few_shot_images_to_the_mix(tmp_path):
     assert config.original_weight == 0.25
 
 
+def test_augmented_original_weight_adds_anomalies_on_top_of_the_few_shot_images(tmp_path):
+    config = tiny_train_config(augmented_original_weight=0.5)
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    mix = build_transform(config, split)
+    assert mix.weights[-1] == 0.5
+    real, added = mix.transforms[-1].transforms
+    assert type(real).__name__ == "RealAnomalyImage" and len(real._pool) == 3
+    assert [type(t).__name__ for t in added.transforms] == ["SeenAnomalyPaste", "OneOf"]
+    image = torch.rand(3, 64, 64)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        params = mix.transforms[-1].sample_params(image, generator)
+        combined, mask = mix.transforms[-1].apply(image, params)
+        original, original_mask = real.apply(image, params["steps"][0])
+        # The few-shot image's own defect stays labelled, and something was added on top.
+        assert torch.all(mask >= original_mask) and mask.sum() > original_mask.sum()
+        assert not torch.equal(combined, original)
+    with pytest.raises(ValueError, match="augmented_original_weight"):
+        tiny_train_config(augmented_original_weight=float("nan"))
+    config, _, _ = parse_args(["--augmented-original-weight", "0.25"])
+    assert config.augmented_original_weight == 0.25
+
+
 def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
     config = tiny_train_config(prototype_ratio=0.5, stop_at_step=2)
     run(config, tmp_path / "run")
