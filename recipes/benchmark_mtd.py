@@ -90,8 +90,8 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
             else ""
         )
         + (
-            ", the same images with a seen or simulated anomaly added on top at weight "
-            f"{args.augmented_original_weight:g}"
+            ", the few-shot anomalous images with a seen or simulated anomaly added on top at "
+            f"weight {args.augmented_original_weight:g}"
             if args.augmented_original_weight
             else ""
         )
