@@ -30,6 +30,7 @@ __all__ = [
     "list_models",
     "load_model",
     "train_config",
+    "train_settings",
 ]
 
 # Anomaly-synthesis mixes an entry can name, as the TrainConfig weights that select them
@@ -400,14 +401,24 @@ def create_model(
     return PRN(config, pretrained=pretrained, weights_path=weights_path)
 
 
+def train_settings(name: str) -> dict[str, Any]:
+    """Every TrainConfig value of entry ``name``'s run (its synthesis mix included), unchecked.
+
+    What the recipes' ``--model`` starts from: dataset locations are not part of an entry, so
+    the values need not make a valid TrainConfig until the caller adds them.
+    """
+    entry = get_entry(name)
+    defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
+    return {**defaults, **entry.train, **RECIPES[entry.recipe]}
+
+
 def train_config(name: str, **overrides: Any) -> TrainConfig:
     """The TrainConfig of entry ``name`` with its synthesis mix; ``overrides`` win.
 
     Dataset locations are not part of an entry: pass e.g. ``root=`` and ``category=``.
     """
-    entry = get_entry(name)
     _unknown_keys(overrides, TrainConfig, "TrainConfig overrides")
-    values = {**entry.train, **RECIPES[entry.recipe], **overrides}
+    values = {**train_settings(name), **overrides}
     try:
         return TrainConfig(**values)
     except ValueError as error:

@@ -1,14 +1,17 @@
 """Ten-shot PRN results on real data, over several seeds, written to docs/results.md.
 
-Default: the Magnetic Tile Defect dataset (../shared/data/mtd), efficientnet_lite0,
-256x256, 10 real anomalies drawn by seed and removed from the test set, normal images
-split 3:1, DTD textures when ../shared/data/dtd exists; seeds 0, 1, 2. Each run's
-metrics, wall time and peak memory go into the report, with mean and standard
-deviation over the seeds, overall and per defect type.
+Default: the Magnetic Tile Defect dataset (../shared/data/mtd) with the zoo's best MTD
+setting (``prn_lite0_mtd_normalised``: efficientnet_lite0, 256x256), 10 real anomalies drawn
+by seed and removed from the test set, normal images split 3:1, DTD textures when
+../shared/data/dtd exists; seeds 0, 1, 2. ``--model`` starts from another zoo entry, and
+every other option overrides the entry's value. Each run's metrics, wall time and peak
+memory go into the report, with mean and standard deviation over the seeds, overall and per
+defect type.
 
-    python recipes/benchmark_mtd.py                     # MTD, 3 seeds
+    python recipes/benchmark_mtd.py                     # MTD, 3 seeds, best setting
+    python recipes/benchmark_mtd.py --model prn_lite0_mtd   # MTD in the paper's setting
     python recipes/benchmark_mtd.py --dataset mvtec --root /data/mvtec --category bottle \
-        --backbone resnet18 --report runs/bottle.md     # the paper's MVTec setting
+        --report runs/bottle.md                         # the paper's MVTec setting
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import sys
 import time
 from pathlib import Path
 from queue import Empty
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+# The zoo entry each dataset starts from when --model is not given.
+DEFAULT_MODELS = {"mtd": "prn_lite0_mtd_normalised", "mvtec": "prn_resnet18_mvtec"}
 METRICS = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "pixel_f1_max"]
 
 
@@ -73,6 +79,7 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
     lines = [
         f"# PRN results on {name}",
         "",
+        f"Zoo entry `{args.model}` with the command's options. "
         f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
         f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
@@ -85,7 +92,7 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         + (f" (bands from {' / '.join(args.band_sides)})" if "band" in args.simulated else "")
         + (
             f", the few-shot anomalous images themselves at weight {args.original_weight:g} "
-            "(normal 2, seen 1, simulated 1)"
+            f"(normal {args.mix[0]:g}, seen {args.mix[1]:g}, simulated {args.mix[2]:g})"
             if args.original_weight
             else ""
         )
@@ -155,16 +162,32 @@ def _write_report(path: Path, generated: str) -> None:
     partial.replace(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=["mtd", "mvtec"], default="mtd")
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The options, and the TrainConfig values every seed shares (not yet checked).
+
+    Raises ValueError for an unknown ``--model``.
+    """
+    # Two passes: the dataset picks the default zoo entry, the entry every other default.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--dataset", choices=sorted(DEFAULT_MODELS), default="mtd")
+    first.add_argument(
+        "--model",
+        help="zoo entry to start from (default: prn_lite0_mtd_normalised on MTD, "
+        "prn_resnet18_mvtec on MVTec AD); the options below override its values",
+    )
+    known = first.parse_known_args(argv)[0]
+    from prn_model.zoo import train_settings
+
+    model = known.model or DEFAULT_MODELS[known.dataset]
+    zoo = train_settings(model)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[first])
     parser.add_argument("--root", type=Path, default=SHARED / "mtd")
     parser.add_argument("--category")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--n-anomalies", type=int, default=10)
+    parser.add_argument("--backbone", default=zoo["backbone"])
+    parser.add_argument("--image-size", type=int, default=zoo["image_size"])
+    parser.add_argument("--steps", type=int, default=zoo["steps"])
+    parser.add_argument("--batch-size", type=int, default=zoo["batch_size"])
+    parser.add_argument("--n-anomalies", type=int, default=zoo["n_anomalies"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--textures", type=Path, default=SHARED / "dtd" if (SHARED / "dtd").is_dir() else None
@@ -172,26 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prototype-matching",
         choices=["image", "patch"],
-        default="image",
+        default=zoo["prototype_matching"],
         help="image: the paper's whole-map prototypes; patch: location-wise (docs/prn.md)",
     )
     parser.add_argument(
         "--attention-divisors",
         type=int,
         nargs="+",
-        default=[1, 2, 4, 8],
+        default=zoo["attention_divisors"],
         help="MSSA patch sizes as divisors of each map side (the paper: 1 2 4 8)",
     )
     parser.add_argument(
         "--prototype-ratio",
         type=float,
-        default=0.1,
+        default=zoo["prototype_ratio"],
         help="prototypes as a share of the normal training images (the paper: 0.1)",
     )
     parser.add_argument(
         "--seen-position",
         choices=["random", "source"],
-        default="random",
+        default=zoo["seen_position"],
         help="where the seen-anomaly extension pastes real defects (docs/prn.md)",
     )
     parser.add_argument(
@@ -199,62 +222,58 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         nargs=2,
         metavar=("MIN", "MAX"),
-        default=[-90.0, 90.0],
+        default=zoo["seen_rotation"],
         help="rotation range of pasted real defects in degrees",
     )
     parser.add_argument(
         "--simulated",
         nargs="+",
-        default=["texture", "scar"],
+        default=zoo["simulated"],
         help="simulated-anomaly strategies, mixed in equal shares (the paper: texture scar)",
     )
     parser.add_argument(
         "--band-sides",
         nargs="+",
-        default=["top", "bottom", "left", "right"],
+        default=zoo["band_sides"],
         help="image edges the 'band' strategy starts from",
     )
     parser.add_argument(
         "--original-weight",
         type=float,
-        default=0.0,
+        default=zoo["original_weight"],
         help="weight of the few-shot anomalous images themselves in the mix (0: the paper)",
     )
     parser.add_argument(
         "--augmented-original-weight",
         type=float,
-        default=0.0,
+        default=zoo["augmented_original_weight"],
         help="weight of the few-shot anomalous images with a seen or simulated anomaly on top",
     )
     parser.add_argument(
         "--memory-bank-size",
         type=int,
-        default=0,
+        default=zoo["memory_bank_size"],
         help="0: PRN alone; N: fuse a memory bank of N normal patch vectors (docs/prn.md)",
     )
     parser.add_argument(
         "--memory-bank-weight",
         type=float,
-        default=0.5,
+        default=zoo["memory_bank_weight"],
         help="weight of the memory bank's map in the fusion (0.5: equal)",
     )
     parser.add_argument(
         "--intensity-normalisation",
         choices=["none", "image"],
-        default="none",
+        default=zoo["intensity_normalisation"],
         help="image: one grey-level mean and contrast for every image (docs/results.md)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
-    if not args.root.is_dir():
-        print(
-            f"benchmark_mtd: error: dataset root {str(args.root)!r} does not exist", file=sys.stderr
-        )
-        return 2
-    from prn_model.train import TrainConfig
-
+    args.model = model
+    args.mix = (zoo["normal_weight"], zoo["seen_weight"], zoo["simulated_weight"])
     settings = dict(
+        zoo,
         dataset=args.dataset,
         root=str(args.root),
         category=args.category,
@@ -277,6 +296,22 @@ def main(argv: list[str] | None = None) -> int:
         memory_bank_weight=args.memory_bank_weight,
         intensity_normalisation=args.intensity_normalisation,
     )
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, settings = parse_args(argv)
+    except ValueError as error:
+        print(f"benchmark_mtd: error: {error}", file=sys.stderr)
+        return 2
+    if not args.root.is_dir():
+        print(
+            f"benchmark_mtd: error: dataset root {str(args.root)!r} does not exist", file=sys.stderr
+        )
+        return 2
+    from prn_model.train import TrainConfig
+
     try:  # every seed shares these settings: check them once, before any seed trains
         TrainConfig(**settings)
     except ValueError as error:

@@ -2,6 +2,8 @@
 
 With no options it builds the small offline demo dataset (scikit-image textures with
 drawn defects) and trains the efficientnet_lite0 PRN on 2 CPU cores in a few minutes.
+``--model NAME`` starts from a zoo entry's settings (prn_model.zoo); options given beside it
+override them, e.g. ``--model prn_lite0_mtd_normalised --root ../shared/data/mtd``.
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N recipes/train_prn.py ...``.
 """
 
@@ -11,32 +13,57 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
 from prn_model.network import INTENSITY_NORMALISATIONS
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
+from prn_model.zoo import list_models, train_settings
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
-    defaults = TrainConfig()
+    # Two passes: --model decides the defaults that every other option then overrides.
+    model_parser = argparse.ArgumentParser(add_help=False)
+    model_parser.add_argument("--model", choices=list_models())
+    model = model_parser.parse_known_args(argv)[0].model
+    defaults = SimpleNamespace(
+        **(train_settings(model) if model else dataclasses.asdict(TrainConfig()))
+    )
     parser = argparse.ArgumentParser(
         description="Train and evaluate the Prototypical Residual Network (PRN).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[model_parser],
     )
     parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
-    parser.add_argument("--root", help="dataset root (MVTec AD folder or raw MTD folder)")
-    parser.add_argument("--category", help="MVTec AD category, e.g. bottle")
-    parser.add_argument("--normal-dir", help="folder dataset: normal images")
-    parser.add_argument("--anomaly-dir", help="folder dataset: anomalous images")
-    parser.add_argument("--mask-dir", help="folder dataset: masks (<name>.png or <name>_mask.png)")
+    parser.add_argument(
+        "--root", default=defaults.root, help="dataset root (MVTec AD folder or raw MTD folder)"
+    )
+    parser.add_argument(
+        "--category", default=defaults.category, help="MVTec AD category, e.g. bottle"
+    )
+    parser.add_argument(
+        "--normal-dir", default=defaults.normal_dir, help="folder dataset: normal images"
+    )
+    parser.add_argument(
+        "--anomaly-dir", default=defaults.anomaly_dir, help="folder dataset: anomalous images"
+    )
+    parser.add_argument(
+        "--mask-dir",
+        default=defaults.mask_dir,
+        help="folder dataset: masks (<name>.png or <name>_mask.png)",
+    )
     parser.add_argument(
         "--backbone",
         default=defaults.backbone,
         help="resnet18 | wide_resnet50_2 | efficientnet_lite0",
     )
-    parser.add_argument("--weights", help="local backbone weights file (offline ResNet use)")
+    parser.add_argument(
+        "--weights",
+        default=defaults.weights,
+        help="local backbone weights file (offline ResNet use)",
+    )
     parser.add_argument(
         "--no-pretrained", action="store_true", help="random backbone weights (tests only)"
     )
@@ -56,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--textures", help="texture folder for DRAEM-style pasting, e.g. DTD")
+    parser.add_argument(
+        "--textures",
+        default=defaults.textures,
+        help="texture folder for DRAEM-style pasting, e.g. DTD",
+    )
     parser.add_argument(
         "--seen-blend",
         choices=["paste", "poisson"],
@@ -97,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         type=float,
         nargs=3,
         metavar=("NORMAL", "SEEN", "SIMULATED"),
-        help="weights of normal / seen-extension / simulated samples (default 2 1 1)",
+        help="weights of normal / seen-extension / simulated samples (default "
+        f"{defaults.normal_weight:g} {defaults.seen_weight:g} {defaults.simulated_weight:g})",
     )
     parser.add_argument(
         "--original-weight",
@@ -170,7 +202,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="image: bring every image to one grey-level mean and contrast before the backbone, "
         "so exposure differences are not anomalies (MTD; docs/results.md)",
     )
-    parser.add_argument("--recipe", help="anomgen YAML/JSON config replacing the training mix")
+    parser.add_argument(
+        "--recipe",
+        default=defaults.recipe,
+        help="anomgen YAML/JSON config replacing the training mix",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
@@ -179,12 +215,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--stop-at-step", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     values = {
-        f.name: getattr(args, f.name)
+        f.name: getattr(args, f.name, getattr(defaults, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if hasattr(args, f.name)
     }
-    values["pretrained"] = not args.no_pretrained
-    values["use_residuals"] = not args.no_residuals
+    values["pretrained"] = defaults.pretrained and not args.no_pretrained
+    values["use_residuals"] = defaults.use_residuals and not args.no_residuals
     if args.mix is not None:
         values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
     return TrainConfig(**values), args.out, args.resume

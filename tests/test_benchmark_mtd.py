@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.benchmark_mtd import END, START, _write_report, main
+from prn_model import zoo
+from recipes.benchmark_mtd import END, START, _write_report, main, parse_args
 from tests.test_data import make_mtd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,25 @@ def test_report_block_is_replaced_and_the_analysis_kept(tmp_path: Path):
     text = report.read_text()
     assert "new numbers" in text and "old numbers" not in text
     assert text.endswith("## Analysis\nhand-written\n")
+
+
+def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: Path):
+    root = ["--root", str(tmp_path), "--textures", str(tmp_path)]
+    args, settings = parse_args(root)
+    assert args.model == "prn_lite0_mtd_normalised"
+    expected = zoo.train_config(args.model, root=str(tmp_path), textures=str(tmp_path))
+    assert settings == expected.to_dict()
+    args, settings = parse_args([*root, "--model", "prn_lite0_mtd", "--memory-bank-size", "64"])
+    expected = zoo.train_config("prn_lite0_mtd", root=str(tmp_path), textures=str(tmp_path))
+    assert settings == {**expected.to_dict(), "memory_bank_size": 64}
+    args, settings = parse_args([*root, "--dataset", "mvtec", "--category", "bottle"])
+    assert args.model == "prn_resnet18_mvtec" and settings["backbone"] == "resnet18"
+    assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys):
+    assert main(["--root", str(tmp_path), "--model", "prn_nope"]) == 2
+    assert "unknown zoo model 'prn_nope'" in capsys.readouterr().err
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path, capsys):
@@ -50,7 +70,8 @@ def test_bad_settings_and_a_failing_seed_are_reported(tmp_path: Path, capsys):
 def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path: Path):
     report = tmp_path / "results.md"
     args = ["--root", str(shared_data / "mtd"), "--textures", str(shared_data / "dtd")]
-    args += ["--image-size", "64", "--steps", "2", "--seeds", "0", "--prototype-matching"]
+    args += ["--model", "prn_lite0_mtd", "--image-size", "64", "--steps", "2", "--seeds", "0"]
+    args += ["--prototype-matching"]
     args += ["patch", "--attention-divisors", "1", "2", "--seen-position", "source"]
     args += ["--simulated", "texture", "band", "--band-sides", "top", "bottom"]
     args += ["--original-weight", "0.5", "--intensity-normalisation", "image"]
@@ -58,6 +79,7 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     args += ["--out", str(tmp_path / "runs"), "--report", str(report)]
     assert main(args) == 0
     text = report.read_text()
+    assert "Zoo entry `prn_lite0_mtd` with the command's options." in text
     assert "patch prototype matching (ratio 0.1), attention divisors 1 2" in text
     assert "pasted at source positions rotated by -90 to 90 degrees" in text
     assert "simulated anomalies texture + band (bands from top / bottom), the few-shot" in text

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prn_model import zoo
 from prn_model.data import make_split
 from prn_model.network import PRN
 from prn_model.prototypes import num_prototypes
@@ -263,6 +264,22 @@ def test_recipe_parses_ablation_switches():
     assert config.band_sides == ["top", "bottom"]
     assert (config.normal_weight, config.seen_weight, config.simulated_weight) == (2, 0, 1)
     assert config.use_residuals is False and out == Path("runs/prn")
+
+
+def test_model_option_starts_from_a_zoo_entry_and_options_override_it(capsys):
+    config, _, _ = parse_args(["--model", "prn_lite0_mtd_normalised", "--root", "/data"])
+    assert config == zoo.train_config("prn_lite0_mtd_normalised", root="/data")
+    config, _, _ = parse_args(
+        ["--model", "prn_lite0_mtd_band", "--root", "/data", "--steps", "7", "--mix", "1", "1", "0"]
+        + ["--no-residuals", "--seed", "3"]
+    )
+    expected = zoo.train_config("prn_lite0_mtd_band", root="/data", steps=7, seed=3)
+    changed = {"normal_weight": 1.0, "simulated_weight": 0.0, "use_residuals": False}
+    assert config == TrainConfig(**{**expected.to_dict(), **changed})
+    assert parse_args([])[0] == TrainConfig()  # no --model: TrainConfig's own defaults
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "prn_nope"])
+    assert "invalid choice: 'prn_nope'" in capsys.readouterr().err
 
 
 def test_recipe_cli_errors():

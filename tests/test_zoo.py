@@ -103,6 +103,14 @@ def test_train_config_overrides_and_errors():
         zoo.train_config("prn_lite0_mtd")  # dataset paths are the caller's
 
 
+def test_train_settings_are_the_whole_run_without_dataset_paths():
+    settings = zoo.train_settings("prn_lite0_mtd_band")
+    assert settings["root"] is None and settings["memory_bank_size"] == 8192
+    assert settings == {**zoo.train_config("prn_lite0_mtd_band", root="/d").to_dict(), "root": None}
+    with pytest.raises(ValueError, match="unknown zoo model 'nope'"):
+        zoo.train_settings("nope")
+
+
 def test_create_model_applies_overrides():
     model = zoo.create_model("prn_lite0", pretrained=False, image_size=64, top_k=7)
     assert isinstance(model, PRN)
