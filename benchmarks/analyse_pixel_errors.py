@@ -47,25 +47,33 @@ def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
 
 
 @torch.no_grad()
-def standardised_maps(model: PRN, split: Split, size: int, bank_weight: float | None) -> Tensor:
-    """(N, H, W) fused maps in the model's standardised scale (plain logits without a bank)."""
+def map_components(model: PRN, split: Split, size: int) -> tuple[Tensor, Tensor | None]:
+    """(N, H, W) maps of the test set: PRN's logits and the memory bank's distances, each in
+    the bank's calibrated standardised scale (plain logits and None without a bank)."""
     bank = model.memory_bank
-    maps = []
+    logit_maps, distance_maps = [], []
     for start in tqdm(range(0, len(split.test), 16), desc="maps", unit="batch", leave=False):
         images, _ = load_records(split.test[start : start + 16], size)
         features = model.extract_features(images)
-        logits = model.head(features, images.shape[-2:])
+        logits = model.head(features, images.shape[-2:])[:, 0]
         if bank is None:
-            maps.append(logits[:, 0])
+            logit_maps.append(logits)
             continue
-        weight = bank.weight if bank_weight is None else bank_weight
         logit_mean, logit_std, distance_mean, distance_std = bank.calibration
-        distance = bank.distance_map(patch_features(features), images.shape[-2:])
-        fused = (1 - weight) * (logits - logit_mean) / logit_std + weight * (
-            distance - distance_mean
-        ) / distance_std
-        maps.append(fused[:, 0])
-    return torch.cat(maps)
+        distance = bank.distance_map(patch_features(features), images.shape[-2:])[:, 0]
+        logit_maps.append((logits - logit_mean) / logit_std)
+        distance_maps.append((distance - distance_mean) / distance_std)
+    return torch.cat(logit_maps), torch.cat(distance_maps) if distance_maps else None
+
+
+def standardised_maps(model: PRN, split: Split, size: int, bank_weight: float | None) -> Tensor:
+    """(N, H, W) fused maps in the model's standardised scale (plain logits without a bank)."""
+    prn, distance = map_components(model, split, size)
+    if distance is None:
+        return prn
+    assert model.memory_bank is not None
+    weight = model.memory_bank.weight if bank_weight is None else bank_weight
+    return (1 - weight) * prn + weight * distance
 
 
 def probabilities(model: PRN, maps: Tensor) -> Tensor:

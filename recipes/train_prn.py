@@ -26,7 +26,12 @@ from prn_model.zoo import list_models, train_settings
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     # Two passes: --model decides the defaults that every other option then overrides.
     model_parser = argparse.ArgumentParser(add_help=False)
-    model_parser.add_argument("--model", choices=list_models())
+    model_parser.add_argument(
+        "--model",
+        choices=list_models(),
+        metavar="NAME",
+        help=f"zoo entry whose training settings the other options start from: {list_models()}",
+    )
     model = model_parser.parse_known_args(argv)[0].model
     defaults = SimpleNamespace(
         **(train_settings(model) if model else dataclasses.asdict(TrainConfig()))

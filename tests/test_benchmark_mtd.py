@@ -40,6 +40,22 @@ def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: P
     assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"
 
 
+def test_each_zoo_entry_was_measured_by_a_command_that_builds_it(tmp_path: Path):
+    """The commands in the zoo (and docs) still mean the settings they measured."""
+    paths = ["--root", str(tmp_path), "--textures", str(tmp_path)]
+    measured = 0
+    for name in zoo.list_models():
+        command = zoo.get_entry(name).results.get("command", "")
+        if not command.startswith("python recipes/benchmark_mtd.py"):
+            continue
+        _, settings = parse_args(command.split()[2:] + paths)
+        assert (
+            settings == zoo.train_config(name, root=str(tmp_path), textures=str(tmp_path)).to_dict()
+        )
+        measured += 1
+    assert measured >= 6
+
+
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path), "--model", "prn_nope"]) == 2
     assert "unknown zoo model 'prn_nope'" in capsys.readouterr().err
