@@ -415,8 +415,7 @@ def train_settings(name: str) -> dict[str, Any]:
     the values need not make a valid TrainConfig until the caller adds them.
     """
     entry = get_entry(name)
-    defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
-    return {**defaults, **entry.train, **RECIPES[entry.recipe]}
+    return {**dataclasses.asdict(TrainConfig()), **entry.train, **RECIPES[entry.recipe]}
 
 
 def train_config(name: str, **overrides: Any) -> TrainConfig:
