@@ -181,7 +181,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     model = known.model or DEFAULT_MODELS[known.dataset]
     zoo = train_settings(model)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[first])
-    parser.add_argument("--root", type=Path, default=SHARED / "mtd")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=SHARED / "mtd" if known.dataset == "mtd" else None,
+        help="dataset root (default for MTD: ../shared/data/mtd; MVTec AD needs it)",
+    )
     parser.add_argument("--category")
     parser.add_argument("--backbone", default=zoo["backbone"])
     parser.add_argument("--image-size", type=int, default=zoo["image_size"])
@@ -275,7 +280,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     settings = dict(
         zoo,
         dataset=args.dataset,
-        root=str(args.root),
+        root=None if args.root is None else str(args.root),
         category=args.category,
         backbone=args.backbone,
         image_size=args.image_size,
@@ -304,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         args, settings = parse_args(argv)
     except ValueError as error:
         print(f"benchmark_mtd: error: {error}", file=sys.stderr)
+        return 2
+    if args.root is None:
+        print(f"benchmark_mtd: error: --dataset {args.dataset} needs --root", file=sys.stderr)
         return 2
     if not args.root.is_dir():
         print(

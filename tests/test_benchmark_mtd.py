@@ -64,6 +64,9 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys):
 def test_missing_root_is_a_clear_error(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path / "absent"), "--report", str(tmp_path / "r.md")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    mvtec = ["--dataset", "mvtec", "--category", "bottle", "--report", str(tmp_path / "r.md")]
+    assert main(mvtec) == 2  # MTD's default root would be read as MVTec AD
+    assert "--dataset mvtec needs --root" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
 
 
