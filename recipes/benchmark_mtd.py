@@ -277,30 +277,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     args = parser.parse_args(argv)
     args.model = model
     args.mix = (zoo["normal_weight"], zoo["seen_weight"], zoo["simulated_weight"])
-    settings = dict(
-        zoo,
-        dataset=args.dataset,
-        root=None if args.root is None else str(args.root),
-        category=args.category,
-        backbone=args.backbone,
-        image_size=args.image_size,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        n_anomalies=args.n_anomalies,
-        textures=None if args.textures is None else str(args.textures),
-        prototype_matching=args.prototype_matching,
-        attention_divisors=args.attention_divisors,
-        prototype_ratio=args.prototype_ratio,
-        seen_position=args.seen_position,
-        seen_rotation=args.seen_rotation,
-        simulated=args.simulated,
-        band_sides=args.band_sides,
-        original_weight=args.original_weight,
-        augmented_original_weight=args.augmented_original_weight,
-        memory_bank_size=args.memory_bank_size,
-        memory_bank_weight=args.memory_bank_weight,
-        intensity_normalisation=args.intensity_normalisation,
-    )
+    # Every option named like a TrainConfig field overrides the entry's value.
+    settings = {**zoo, **{key: value for key, value in vars(args).items() if key in zoo}}
+    for key in ("root", "textures"):
+        settings[key] = None if settings[key] is None else str(settings[key])
     return args, settings
 
 
