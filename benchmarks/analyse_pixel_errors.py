@@ -46,6 +46,16 @@ def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
     return load_model(path).eval(), config, split
 
 
+def load_test_masks(split: Split, size: int) -> np.ndarray:
+    """(N, size, size) masks of the test set, in its order."""
+    return np.concatenate(
+        [
+            load_records(split.test[start : start + 64], size)[1][:, 0].numpy()
+            for start in range(0, len(split.test), 64)
+        ]
+    )
+
+
 @torch.no_grad()
 def map_components(model: PRN, split: Split, size: int) -> tuple[Tensor, Tensor | None]:
     """(N, H, W) maps of the test set: PRN's logits and the memory bank's distances, each in
@@ -145,12 +155,7 @@ def main() -> None:
     model, config, split = load(args.checkpoint)
     labels = np.array([r.label for r in split.test])
     types = [r.defect_type for r in split.test]
-    masks = np.concatenate(
-        [
-            load_records(split.test[s : s + 64], config.image_size)[1][:, 0].numpy() > 0.5
-            for s in range(0, len(split.test), 64)
-        ]
-    )
+    masks = load_test_masks(split, config.image_size) > 0.5
     first = standardised_maps(model, split, config.image_size, args.bank_weight)
     runs = {str(args.checkpoint): first}
     if args.ensemble is not None:

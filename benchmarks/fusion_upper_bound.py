@@ -27,11 +27,10 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from prn_model.data import load_records
 from prn_model.metrics import aupro, auroc, average_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.analyse_pixel_errors import load, map_components  # noqa: E402
+from benchmarks.analyse_pixel_errors import load, load_test_masks, map_components  # noqa: E402
 
 METRICS = ("pixel_auroc", "aupro", "pixel_ap")
 
@@ -122,12 +121,7 @@ def main() -> None:
         if model.memory_bank is None:
             raise SystemExit(f"{path} has no memory bank: nothing to fuse")
         prn, distance = (m.numpy() for m in map_components(model, split, config.image_size))
-        masks = np.concatenate(
-            [
-                load_records(split.test[s : s + 64], config.image_size)[1][:, 0].numpy()
-                for s in range(0, len(split.test), 64)
-            ]
-        )
+        masks = load_test_masks(split, config.image_size)
         prn, distance = block_mean(prn, args.size), block_mean(distance, args.size)
         masks = block_mean(masks, args.size) >= 0.5
         fold = two_folds([r.defect_type for r in split.test], args.seed)
