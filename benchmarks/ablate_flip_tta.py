@@ -34,7 +34,9 @@ def main() -> None:
     config = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     model = load_model(args.checkpoint).eval()
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    split = make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
     maps = {(): [], (-1,): [], (-2,): []}
     masks = []
     with torch.no_grad():

@@ -30,7 +30,9 @@ def main() -> None:
     config = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     model = load_model(args.checkpoint)
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    split = make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
     flat_maps = []
     with torch.no_grad():
         for record in tqdm(split.test, desc="maps", unit="image"):

@@ -42,7 +42,9 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
     config = TrainConfig.from_dict(load_checkpoint(path)["config"])
     records = read_records(config, path.parent.parent / ".cache")
-    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    split = make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
     return load_model(path).eval(), config, split
 
 

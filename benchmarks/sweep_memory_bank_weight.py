@@ -49,7 +49,9 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: weights do not match its model_config: {missing}")
     model.eval()
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    split = make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
     size = config.image_size
     bank, calibration = memory_bank_split(len(split.train_normal), config.seed)
 

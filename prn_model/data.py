@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +27,33 @@ NORMAL_TYPE = "good"
 MASK_THRESHOLD = 128
 DEFAULT_NORMAL_TRAIN_FRACTION = 0.75
 _SPLITS = (None, "train", "test")
+# How make_split keeps images apart: one by one (the issue's protocol), or by physical object.
+SPLIT_UNITS = ("image", "group")
+# MTD photographs every tile under six or seven lightings (``exp0`` .. ``exp6``) in quick
+# succession, so one tile's files carry frame numbers (``_num_<n>``) at most ~570 apart, while
+# the next tile usually starts thousands later. A gap above this starts a new group; two
+# neighbouring tiles merged into one group only make a split more conservative.
+MTD_GROUP_GAP = 1000
+_MTD_FRAME = re.compile(r"^exp\d+_num_(\d+)$")
 
 Size = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Record:
-    """One image with its label; ``split`` is set only when the dataset defines train/test."""
+    """One image with its label; ``split`` is set only when the dataset defines train/test.
+
+    ``group`` names the physical object the image shows when a dataset holds several images of
+    one object (MTD: one tile under several lightings); ``make_split(split_by="group")`` never
+    puts images of one group on both sides. None: the image is its own group.
+    """
 
     image: Path
     mask: Path | None
     label: int
     defect_type: str
     split: str | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image", Path(self.image))
@@ -175,11 +190,34 @@ def read_mvtec(root: str | Path, category: str) -> list[Record]:
     return records
 
 
+def mtd_tile_groups(images: Sequence[Path], prefix: str) -> list[str | None]:
+    """The physical tile of each image of one ``MT_<Class>`` folder, as ``<prefix>:<first frame>``.
+
+    Files named ``exp<k>_num_<n>`` are sorted by frame number ``n`` and cut wherever two
+    consecutive frames are more than ``MTD_GROUP_GAP`` apart (the lightings of one tile are
+    taken within a few hundred frames). Other names get None: their own group.
+    """
+    frames = {}
+    for path in images:
+        match = _MTD_FRAME.match(Path(path).stem)
+        if match:
+            frames[Path(path)] = int(match.group(1))
+    group_of: dict[Path, str] = {}
+    start = previous = None
+    for path, frame in sorted(frames.items(), key=lambda item: (item[1], str(item[0]))):
+        if previous is None or frame - previous > MTD_GROUP_GAP:
+            start = frame
+        group_of[path] = f"{prefix}:{start}"
+        previous = frame
+    return [group_of.get(Path(path)) for path in images]
+
+
 def read_mtd(root: str | Path) -> list[Record]:
     """Read the raw Magnetic Tile Defect layout ``MT_<Class>/Imgs/<name>.jpg`` + ``<name>.png``.
 
     ``MT_Free`` holds the normal tiles (their masks are empty and not used); every other
-    ``MT_<Class>`` folder is a defect type named ``<Class>``.
+    ``MT_<Class>`` folder is a defect type named ``<Class>``. Every record's ``group`` is its
+    physical tile (``mtd_tile_groups``): MTD shows each tile about six times.
     """
     root = _require_dir(Path(root), "MTD root")
     class_dirs = sorted((p for p in root.glob("MT_*") if p.is_dir()), key=lambda p: p.name)
@@ -192,15 +230,19 @@ def read_mtd(root: str | Path) -> list[Record]:
     records = []
     for class_dir in class_dirs:
         images = _require_images(class_dir / "Imgs", image_extensions)
+        groups = mtd_tile_groups(images, class_dir.name)
         if class_dir.name == "MT_Free":
-            records += [Record(path, None, 0, NORMAL_TYPE) for path in images]
+            records += [
+                Record(path, None, 0, NORMAL_TYPE, group=group)
+                for path, group in zip(images, groups)
+            ]
             continue
         defect = class_dir.name.removeprefix("MT_")
-        for path in images:
+        for path, group in zip(images, groups):
             mask = path.with_suffix(".png")
             if not mask.is_file():
                 raise FileNotFoundError(f"mask missing for anomalous image {path}: expected {mask}")
-            records.append(Record(path, mask, 1, defect))
+            records.append(Record(path, mask, 1, defect, group=group))
     return records
 
 
@@ -381,26 +423,39 @@ def mask_is_empty(record: Record) -> bool:
 # --------------------------------------------------------------------------- few-shot split
 
 
+def _group_key(record: Record) -> object:
+    return record.group if record.group is not None else ("image", record.image)
+
+
 def _split_normals(
-    normals: Sequence[Record], fraction: float, seed: int
+    normals: Sequence[Record], fraction: float, seed: int, by_group: bool
 ) -> tuple[list[Record], list[Record]]:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"normal_train_fraction must be in (0, 1), got {fraction}")
-    n_train = round(fraction * len(normals))
-    if not 0 < n_train < len(normals):
+    # Units that go to one side whole: images, or groups of images of one object.
+    keys = list(dict.fromkeys(_group_key(r) if by_group else r.image for r in normals))
+    what = "normal groups" if by_group else "normal images"
+    n_train = round(fraction * len(keys))
+    if not 0 < n_train < len(keys):
         raise ValueError(
-            f"normal_train_fraction {fraction} of {len(normals)} normal images leaves the train "
+            f"normal_train_fraction {fraction} of {len(keys)} {what} leaves the train "
             "or test part empty"
         )
     # A separate stream keeps the anomaly draw independent of how the normals were split.
-    shuffled = list(normals)
-    random.Random(f"prn-split:{seed}:normal").shuffle(shuffled)
-    train = set(shuffled[:n_train])
-    return [r for r in normals if r in train], [r for r in normals if r not in train]
+    random.Random(f"prn-split:{seed}:normal").shuffle(keys)
+    train = set(keys[:n_train])
+    in_train = [(_group_key(r) if by_group else r.image) in train for r in normals]
+    return (
+        [r for r, kept in zip(normals, in_train) if kept],
+        [r for r, kept in zip(normals, in_train) if not kept],
+    )
 
 
-def _draw_anomalies(anomalies: Sequence[Record], n: int, seed: int) -> list[Record]:
-    """Round-robin over sorted defect types, random within a type, skipping empty masks.
+def _draw_anomalies(
+    anomalies: Sequence[Record], n: int, seed: int, by_group: bool = False
+) -> list[Record]:
+    """Round-robin over sorted defect types, random within a type, skipping empty masks (and,
+    ``by_group``, images of an object already drawn).
 
     Each type is shuffled once up front, so for a fixed seed the n-shot draw is a prefix of
     the (n+k)-shot draw and runs with more shots only add anomalies.
@@ -412,7 +467,8 @@ def _draw_anomalies(anomalies: Sequence[Record], n: int, seed: int) -> list[Reco
         rng.shuffle(queue)
         queues[defect] = queue[::-1]  # pop() from the end takes the shuffled order
     drawn: list[Record] = []
-    skipped_empty = 0
+    drawn_groups: set[object] = set()
+    skipped_empty = skipped_group = 0
     while len(drawn) < n and queues:
         for defect in list(queues):
             if len(drawn) == n:
@@ -423,14 +479,19 @@ def _draw_anomalies(anomalies: Sequence[Record], n: int, seed: int) -> list[Reco
                 if mask_is_empty(candidate):
                     skipped_empty += 1
                     continue
+                if by_group and _group_key(candidate) in drawn_groups:
+                    skipped_group += 1
+                    continue
                 drawn.append(candidate)
+                drawn_groups.add(_group_key(candidate))
                 break
             if not queue:
                 del queues[defect]
     if len(drawn) < n:
         raise ValueError(
             f"n_anomalies={n} requested but only {len(drawn)} anomalies with a non-empty mask "
-            f"are available ({len(anomalies)} anomalies, {skipped_empty} with empty or no mask)"
+            f"are available ({len(anomalies)} anomalies, {skipped_empty} with empty or no mask, "
+            f"{skipped_group} of an object already drawn)"
         )
     return drawn
 
@@ -440,6 +501,7 @@ def make_split(
     n_anomalies: int = 10,
     seed: int = 0,
     normal_train_fraction: float | None = None,
+    split_by: str = "image",
 ) -> Split:
     """Few-shot protocol: normal train set, N real anomalies for training, the rest for test.
 
@@ -448,19 +510,34 @@ def make_split(
     split by the fraction (default 3:1). Drawn anomalies are removed from the test set so
     evaluation never sees an image the model trained on; anomalies with empty masks are never
     drawn and stay in the test set.
+
+    ``split_by="group"`` treats each ``Record.group`` (one physical object) as the unit: normal
+    groups are split by the fraction, the drawn anomalies come from distinct groups, and every
+    image sharing a group with a drawn one leaves the test set too. On MTD, which shows each
+    tile about six times, ``"image"`` lets a test image's twins under other lightings into
+    training (docs/results.md, "MTD shows every tile six times").
     """
     if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int) or n_anomalies < 0:
         raise ValueError(f"n_anomalies must be a non-negative int, got {n_anomalies!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
+    if split_by not in SPLIT_UNITS:
+        raise ValueError(f"split_by must be one of {SPLIT_UNITS}, got {split_by!r}")
     if not records:
         raise ValueError("make_split got no records")
+    by_group = split_by == "group"
     ordered = sorted(records, key=lambda r: (r.label, r.defect_type, str(r.image)))
     if len({r.image for r in ordered}) != len(ordered):
         raise ValueError("records contain the same image more than once")
     splits = {r.split for r in ordered}
     if None in splits and len(splits) > 1:
         raise ValueError("records mix a predefined train/test split with unsplit records")
+    if by_group:
+        mixed = {r.group for r in ordered if r.group is not None and r.label == 0} & {
+            r.group for r in ordered if r.group is not None and r.label == 1
+        }
+        if mixed:
+            raise ValueError(f"group {sorted(mixed)[0]!r} holds both normal and anomalous images")
 
     normals = [r for r in ordered if r.label == 0]
     predefined = None not in splits and normal_train_fraction is None
@@ -479,11 +556,20 @@ def make_split(
             if normal_train_fraction is None
             else normal_train_fraction
         )
-        train_normal, test_normal = _split_normals(normals, fraction, seed)
+        train_normal, test_normal = _split_normals(normals, fraction, seed, by_group)
 
     anomalies = [r for r in ordered if r.label == 1]
-    few_shot = _draw_anomalies(anomalies, n_anomalies, seed)
+    few_shot = _draw_anomalies(anomalies, n_anomalies, seed, by_group)
     drawn = set(few_shot)
-    test = test_normal + [r for r in anomalies if r not in drawn]
-    notes = {"normal_split": "predefined" if predefined else f"random, train fraction {fraction}"}
+    drawn_groups = {_group_key(r) for r in few_shot} if by_group else set()
+    held_out = [r for r in anomalies if r not in drawn and _group_key(r) in drawn_groups]
+    test = test_normal + [
+        r for r in anomalies if r not in drawn and _group_key(r) not in drawn_groups
+    ]
+    notes: dict[str, object] = {
+        "normal_split": "predefined" if predefined else f"random, train fraction {fraction}",
+        "split_by": split_by,
+    }
+    if by_group:
+        notes["held_out_twins"] = len(held_out)
     return Split(train_normal=train_normal, test=test, few_shot=few_shot, seed=seed, notes=notes)

@@ -48,6 +48,7 @@ from anomgen.transforms import (
 )
 from anomgen.transforms.seen import POSITIONS
 from prn_model.data import (
+    SPLIT_UNITS,
     Record,
     Split,
     load_image,
@@ -100,6 +101,7 @@ class TrainConfig:
     weights: str | None = None
     image_size: int = 128
     n_anomalies: int = 10
+    split_by: str = "image"
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-3
@@ -171,6 +173,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
+        if self.split_by not in SPLIT_UNITS:
+            raise ValueError(f"split_by must be one of {SPLIT_UNITS}, got {self.split_by!r}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
             raise ValueError(f"dataset {self.dataset!r} needs --root")
         if self.dataset == "mvtec" and not self.category:
@@ -447,7 +451,9 @@ def _run(
         dist.barrier()
     if not dist_.main:
         records = read_records(config, out.parent / ".cache")
-    split = make_split(records, n_anomalies=config.n_anomalies, seed=config.seed)
+    split = make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
     transform = build_transform(config, split)
     normal_paths = [r.image for r in split.train_normal]
     dataset = SynthesisDataset(

@@ -81,7 +81,15 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         "",
         f"Zoo entry `{args.model}` with the command's options. "
         f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
-        f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}; backbone "
+        f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}"
+        + (
+            " (split by physical tile: the drawn anomalies come from distinct tiles, every image "
+            "of a drawn tile leaves the test set, and no tile has images on both sides of the "
+            "normal split)"
+            if args.split_by == "group"
+            else ""
+        )
+        + f"; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
         f"{args.batch_size}, {args.prototype_matching} prototype matching (ratio "
         f"{args.prototype_ratio}), attention divisors "
@@ -176,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         "prn_resnet18_mvtec on MVTec AD); the options below override its values",
     )
     known = first.parse_known_args(argv)[0]
+    from prn_model.data import SPLIT_UNITS
     from prn_model.zoo import train_settings
 
     model = known.model or DEFAULT_MODELS[known.dataset]
@@ -193,6 +202,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--steps", type=int, default=zoo["steps"])
     parser.add_argument("--batch-size", type=int, default=zoo["batch_size"])
     parser.add_argument("--n-anomalies", type=int, default=zoo["n_anomalies"])
+    parser.add_argument(
+        "--split-by",
+        choices=SPLIT_UNITS,
+        default=zoo["split_by"],
+        help="group: each MTD tile's images (one per lighting) stay on one side (docs/results.md)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--textures", type=Path, default=SHARED / "dtd" if (SHARED / "dtd").is_dir() else None

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
+from prn_model.data import SPLIT_UNITS
 from prn_model.network import INTENSITY_NORMALISATIONS
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
@@ -77,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         type=int,
         default=defaults.n_anomalies,
         help="real anomalies drawn for training and removed from the test set",
+    )
+    parser.add_argument(
+        "--split-by",
+        choices=SPLIT_UNITS,
+        default=defaults.split_by,
+        help="image: the usual protocol; group: images of one physical object (MTD: one tile "
+        "under several lightings) stay on one side of the split (docs/results.md)",
     )
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument(
