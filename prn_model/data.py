@@ -97,6 +97,7 @@ class Split:
                 "mask": None if record.mask is None else _relative(record.mask, base),
                 "label": record.label,
                 "defect_type": record.defect_type,
+                "group": record.group,
             }
 
         return {
@@ -489,9 +490,9 @@ def _draw_anomalies(
                 del queues[defect]
     if len(drawn) < n:
         raise ValueError(
-            f"n_anomalies={n} requested but only {len(drawn)} anomalies with a non-empty mask "
-            f"are available ({len(anomalies)} anomalies, {skipped_empty} with empty or no mask, "
-            f"{skipped_group} of an object already drawn)"
+            f"n_anomalies={n} requested but only {len(drawn)} anomalies can be drawn "
+            f"({len(anomalies)} anomalies, {skipped_empty} with empty or no mask"
+            + (f", {skipped_group} of an object already drawn)" if by_group else ")")
         )
     return drawn
 

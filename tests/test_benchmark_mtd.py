@@ -35,6 +35,11 @@ def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: P
     args, settings = parse_args([*root, "--model", "prn_lite0_mtd", "--memory-bank-size", "64"])
     expected = zoo.train_config("prn_lite0_mtd", root=str(tmp_path), textures=str(tmp_path))
     assert settings == {**expected.to_dict(), "memory_bank_size": 64}
+    _, settings = parse_args([*root, "--split-by", "group"])
+    default = zoo.train_config(
+        "prn_lite0_mtd_normalised", root=str(tmp_path), textures=str(tmp_path)
+    )
+    assert settings == {**default.to_dict(), "split_by": "group"}
     args, settings = parse_args([*root, "--dataset", "mvtec", "--category", "bottle"])
     assert args.model == "prn_resnet18_mvtec" and settings["backbone"] == "resnet18"
     assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"

@@ -18,6 +18,7 @@ from prn_model.data import (
     load_record,
     make_split,
     mask_is_empty,
+    mtd_tile_groups,
     read_folder,
     read_mtd,
     read_mvtec,
@@ -335,6 +336,90 @@ def test_split_uses_predefined_mvtec_split(tmp_path):
     assert len(pooled.train_normal) == 5  # round(0.75 * 7 normals from train and test)
 
 
+def make_tiles(root: Path, tiles: dict[str, list[list[int]]]) -> Path:
+    """MTD layout with real file names: ``tiles[cls]`` lists each tile's frame numbers, one
+    image per lighting (``exp1``, ``exp2``, ...)."""
+    for cls, frames_of_tiles in tiles.items():
+        for frames in frames_of_tiles:
+            for lighting, frame in enumerate(frames, start=1):
+                image = write_image(root / f"MT_{cls}" / "Imgs" / f"exp{lighting}_num_{frame}.jpg")
+                write_mask(image.with_suffix(".png"), empty=cls == "Free")
+    return root
+
+
+def test_mtd_tile_groups_cut_at_large_frame_gaps():
+    names = ["exp2_num_150", "exp1_num_100", "exp3_num_1100", "exp1_num_5000", "exp2_num_5100"]
+    paths = [Path(f"MT_Crack/Imgs/{name}.jpg") for name in names] + [Path("other.jpg")]
+    groups = mtd_tile_groups(paths, "MT_Crack")
+    # 100 -> 150 -> 1100 are each at most 1000 apart: one tile; 5000 starts the next.
+    assert groups == ["MT_Crack:100"] * 3 + ["MT_Crack:5000"] * 2 + [None]
+
+
+def test_read_mtd_sets_tile_groups(tmp_path):
+    root = make_tiles(tmp_path, {"Free": [[10, 20, 30], [9000, 9050]], "Crack": [[500, 540]]})
+    groups = Counter(r.group for r in read_mtd(root))
+    assert groups == {"MT_Free:10": 3, "MT_Free:9000": 2, "MT_Crack:500": 2}
+
+
+@pytest.fixture
+def tiled_records(tmp_path):
+    """8 normal tiles and 3 tiles of each of 2 defect types, every tile under 3 lightings."""
+    tiles = {
+        "Free": [[10_000 * t + 10 * k for k in range(3)] for t in range(8)],
+        "Crack": [[200_000 + 10_000 * t + 10 * k for k in range(3)] for t in range(3)],
+        "Fray": [[400_000 + 10_000 * t + 10 * k for k in range(3)] for t in range(3)],
+    }
+    return read_mtd(make_tiles(tmp_path, tiles))
+
+
+def test_split_by_group_keeps_every_tile_on_one_side(tiled_records):
+    for seed in range(4):
+        by_image = make_split(tiled_records, n_anomalies=4, seed=seed)
+        split = make_split(tiled_records, n_anomalies=4, seed=seed, split_by="group")
+        train_groups = {r.group for r in split.train_normal}
+        test_normal_groups = {r.group for r in split.test if r.label == 0}
+        assert len(train_groups) == 6 and len(test_normal_groups) == 2  # 3:1 over 8 tiles
+        assert not train_groups & test_normal_groups
+        drawn_groups = [r.group for r in split.few_shot]
+        assert len(set(drawn_groups)) == 4  # no tile drawn twice
+        assert not set(drawn_groups) & {r.group for r in split.test}
+        held_out = {r for r in tiled_records if r.group in drawn_groups} - set(split.few_shot)
+        assert split.notes["held_out_twins"] == len(held_out) == 4 * 2
+        assert not held_out & (set(split.test) | set(split.train_normal))
+        assert split.notes["split_by"] == "group"
+        # Image by image, the lightings of one tile land on both sides.
+        image_train = {r.group for r in by_image.train_normal}
+        assert image_train & {r.group for r in by_image.test if r.label == 0}
+    split = make_split(tiled_records, n_anomalies=6, seed=0, split_by="group")
+    assert Counter(r.defect_type for r in split.few_shot) == {"Crack": 3, "Fray": 3}
+    assert not [r for r in split.test if r.label == 1]
+    with pytest.raises(
+        ValueError, match=r"n_anomalies=7 .* only 6 .* 12 of an object already drawn"
+    ):
+        make_split(tiled_records, n_anomalies=7, seed=0, split_by="group")
+
+
+def test_split_by_group_errors(tiled_records):
+    with pytest.raises(ValueError, match="split_by must be one of"):
+        make_split(tiled_records, split_by="tile")
+    anomaly = next(r for r in tiled_records if r.label == 1)
+    mixed = [
+        *tiled_records,
+        Record(anomaly.image.with_name("x.jpg"), None, 0, "good", group=anomaly.group),
+    ]
+    with pytest.raises(ValueError, match=f"group {anomaly.group!r} holds both"):
+        make_split(mixed, split_by="group")
+    assert make_split(mixed, n_anomalies=2).few_shot  # image by image, groups do not matter
+
+
+def test_split_by_group_without_groups_is_split_by_image(mtd_records):
+    assert all(r.group is None for r in mtd_records)  # names not like exp<k>_num_<n>
+    plain = make_split(mtd_records, n_anomalies=5, seed=3)
+    grouped = make_split(mtd_records, n_anomalies=5, seed=3, split_by="group")
+    assert plain.few_shot == grouped.few_shot and plain.test == grouped.test
+    assert plain.train_normal == grouped.train_normal
+
+
 def test_manifest_lists_relative_files(tmp_path):
     records = read_mvtec(make_mvtec(tmp_path), "widget")
     split = make_split(records, n_anomalies=2, seed=0)
@@ -381,3 +466,29 @@ def test_real_mtd_counts_and_ten_shot_split():
     assert len(split.train_normal) == 714 and sum(r.label == 0 for r in split.test) == 238
     image, mask = load_record(split.few_shot[0], size=64)
     assert image.shape == (1, 64, 64) and mask.sum() > 0
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_DATA / "mtd").is_dir(), reason="needs ../shared/data/mtd")
+def test_real_mtd_tiles_and_group_split():
+    """MTD shows each tile under six lightings: an image-by-image split puts a lighting of every
+    test tile into training; the group split does not (docs/results.md)."""
+    records = read_mtd(SHARED_DATA / "mtd")
+    tiles = Counter(r.defect_type for r in {r.group: r for r in records}.values())
+    assert tiles == {"good": 87, "Blowhole": 18, "Break": 16, "Crack": 10, "Fray": 6, "Uneven": 17}
+    by_image = make_split(records, n_anomalies=10, seed=0)
+    train_tiles = {r.group for r in by_image.train_normal}
+    test_normal = [r for r in by_image.test if r.label == 0]
+    assert all(r.group in train_tiles for r in test_normal)
+    drawn_tiles = {r.group for r in by_image.few_shot}
+    assert sum(r.group in drawn_tiles for r in by_image.test) == 56
+
+    split = make_split(records, n_anomalies=10, seed=0, split_by="group")
+    assert Counter(r.defect_type for r in split.few_shot) == dict.fromkeys(
+        ["Blowhole", "Break", "Crack", "Fray", "Uneven"], 2
+    )
+    assert not {r.group for r in split.train_normal} & {r.group for r in split.test}
+    assert not {r.group for r in split.few_shot} & {r.group for r in split.test}
+    assert len(split.train_normal) == 652 and sum(r.label == 0 for r in split.test) == 300
+    assert sum(r.label == 1 for r in split.test) == 321
+    assert split.notes["held_out_twins"] == 61

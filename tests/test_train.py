@@ -253,8 +253,9 @@ def test_recipe_parses_ablation_switches():
         + ["--band-sides", "top", "bottom"]
         + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
         + ["--memory-bank-size", "4096", "--memory-bank-weight", "0.25"]
-        + ["--intensity-normalisation", "image"]
+        + ["--intensity-normalisation", "image", "--split-by", "group"]
     )
+    assert config.split_by == "group"
     assert (config.memory_bank_size, config.memory_bank_weight) == (4096, 0.25)
     assert config.model_config().intensity_normalisation == "image"
     assert (config.seen_position, config.seen_rotation) == ("source", [-10.0, 10.0])
@@ -280,6 +281,12 @@ def test_model_option_starts_from_a_zoo_entry_and_options_override_it(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--model", "prn_nope"])
     assert "invalid choice: 'prn_nope'" in capsys.readouterr().err
+
+
+def test_split_by_is_validated():
+    assert TrainConfig().split_by == "image"
+    with pytest.raises(ValueError, match="split_by must be one of .* got 'tile'"):
+        TrainConfig(split_by="tile")
 
 
 def test_recipe_cli_errors():
