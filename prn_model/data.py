@@ -434,7 +434,8 @@ def _split_normals(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"normal_train_fraction must be in (0, 1), got {fraction}")
     # Units that go to one side whole: images, or groups of images of one object.
-    keys = list(dict.fromkeys(_group_key(r) if by_group else r.image for r in normals))
+    unit_of = [_group_key(r) if by_group else r.image for r in normals]
+    keys = list(dict.fromkeys(unit_of))
     what = "normal groups" if by_group else "normal images"
     n_train = round(fraction * len(keys))
     if not 0 < n_train < len(keys):
@@ -445,10 +446,9 @@ def _split_normals(
     # A separate stream keeps the anomaly draw independent of how the normals were split.
     random.Random(f"prn-split:{seed}:normal").shuffle(keys)
     train = set(keys[:n_train])
-    in_train = [(_group_key(r) if by_group else r.image) in train for r in normals]
     return (
-        [r for r, kept in zip(normals, in_train) if kept],
-        [r for r, kept in zip(normals, in_train) if not kept],
+        [r for r, unit in zip(normals, unit_of) if unit in train],
+        [r for r, unit in zip(normals, unit_of) if unit not in train],
     )
 
 
