@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prn_model.data import load_records, make_split
+from prn_model.data import load_records
 from prn_model.metrics import evaluate
-from prn_model.train import TrainConfig, load_checkpoint, read_records
+from prn_model.train import TrainConfig, config_split, load_checkpoint, read_records
 from prn_model.zoo import load_model
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -34,9 +34,7 @@ def main() -> None:
     config = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     model = load_model(args.checkpoint).eval()
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(
-        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
-    )
+    split = config_split(config, records)
     maps = {(): [], (-1,): [], (-2,): []}
     masks = []
     with torch.no_grad():

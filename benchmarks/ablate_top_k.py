@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prn_model.data import load_record, make_split
+from prn_model.data import load_record
 from prn_model.metrics import auroc, average_precision, f1_max
-from prn_model.train import TrainConfig, load_checkpoint, read_records
+from prn_model.train import TrainConfig, config_split, load_checkpoint, read_records
 from prn_model.zoo import load_model
 
 
@@ -30,9 +30,7 @@ def main() -> None:
     config = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     model = load_model(args.checkpoint)
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(
-        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
-    )
+    split = config_split(config, records)
     flat_maps = []
     with torch.no_grad():
         for record in tqdm(split.test, desc="maps", unit="image"):

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from prn_model.data import Split, load_records, make_split
+from prn_model.data import Split, load_records
 from prn_model.memory_bank import patch_features
 from prn_model.metrics import auroc, evaluate
 from prn_model.network import PRN
-from prn_model.train import TrainConfig, load_checkpoint, read_records
+from prn_model.train import TrainConfig, config_split, load_checkpoint, read_records
 from prn_model.zoo import load_model
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -42,9 +42,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
     config = TrainConfig.from_dict(load_checkpoint(path)["config"])
     records = read_records(config, path.parent.parent / ".cache")
-    split = make_split(
-        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
-    )
+    split = config_split(config, records)
     return load_model(path).eval(), config, split
 
 

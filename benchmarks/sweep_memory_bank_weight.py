@@ -22,10 +22,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prn_model.data import load_records, make_split
+from prn_model.data import load_records
 from prn_model.metrics import evaluate
 from prn_model.network import PRN, PRNConfig
-from prn_model.train import TrainConfig, load_checkpoint, memory_bank_split, read_records
+from prn_model.train import (
+    TrainConfig,
+    config_split,
+    load_checkpoint,
+    memory_bank_split,
+    read_records,
+)
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
@@ -49,9 +55,7 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: weights do not match its model_config: {missing}")
     model.eval()
     records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = make_split(
-        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
-    )
+    split = config_split(config, records)
     size = config.image_size
     bank, calibration = memory_bank_split(len(split.train_normal), config.seed)
 

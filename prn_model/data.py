@@ -563,10 +563,8 @@ def make_split(
     few_shot = _draw_anomalies(anomalies, n_anomalies, seed, by_group)
     drawn = set(few_shot)
     drawn_groups = {_group_key(r) for r in few_shot} if by_group else set()
-    held_out = [r for r in anomalies if r not in drawn and _group_key(r) in drawn_groups]
-    test = test_normal + [
-        r for r in anomalies if r not in drawn and _group_key(r) not in drawn_groups
-    ]
+    held_out = {r for r in anomalies if r not in drawn and _group_key(r) in drawn_groups}
+    test = test_normal + [r for r in anomalies if r not in drawn and r not in held_out]
     notes: dict[str, object] = {
         "normal_split": "predefined" if predefined else f"random, train fraction {fraction}",
         "split_by": split_by,

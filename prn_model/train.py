@@ -276,6 +276,13 @@ def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
     return read_folder(config.normal_dir, config.anomaly_dir, config.mask_dir)
 
 
+def config_split(config: TrainConfig, records: Sequence[Record]) -> Split:
+    """The few-shot split a run with ``config`` trains on and is scored on."""
+    return make_split(
+        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
+    )
+
+
 def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     """The training mix: normal images, seen-anomaly extension, simulated anomalies and, with
     ``original_weight`` > 0, the few-shot anomalous images themselves and, with
@@ -451,9 +458,7 @@ def _run(
         dist.barrier()
     if not dist_.main:
         records = read_records(config, out.parent / ".cache")
-    split = make_split(
-        records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
-    )
+    split = config_split(config, records)
     transform = build_transform(config, split)
     normal_paths = [r.image for r in split.train_normal]
     dataset = SynthesisDataset(
