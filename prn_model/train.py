@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +122,7 @@ class TrainConfig:
     band_sides: list[str] = field(default_factory=lambda: list(EDGE_SIDES))
     use_residuals: bool = True
     prototype_ratio: float = 0.1
+    prototype_share: float = 1.0
     prototype_matching: str = "image"
     patch_prototypes: int = 512
     attention_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -171,6 +173,9 @@ class TrainConfig:
         for name in ("original_weight", "augmented_original_weight"):
             if not 0.0 <= float(getattr(self, name)) < float("inf"):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        share = self.prototype_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise ValueError(f"prototype_share must be in (0, 1], got {share!r}")
         if self.n_anomalies < 0:
             raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.split_by not in SPLIT_UNITS:
@@ -281,6 +286,23 @@ def config_split(config: TrainConfig, records: Sequence[Record]) -> Split:
     return make_split(
         records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
     )
+
+
+def prototype_rows(split: Split, share: float, seed: int) -> list[int]:
+    """Indices into ``split.train_normal`` of the images the prototypes are fitted on.
+
+    ``share`` 1 takes every image (the paper). Below 1 it takes the images of a seeded ``share``
+    of the normal training tiles (``Record.group``; an image without one is its own tile): the
+    head then also trains on normal tiles that no prototype was fitted on, as every test tile is
+    when the split is by tile (docs/results.md, "Prototypes from half of the tiles").
+    """
+    if share >= 1:
+        return list(range(len(split.train_normal)))
+    keys = [str(r.group or r.image) for r in split.train_normal]
+    tiles = sorted(set(keys))
+    random.Random(seed).shuffle(tiles)
+    chosen = set(tiles[: max(1, round(share * len(tiles)))])
+    return [row for row, key in enumerate(keys) if key in chosen]
 
 
 def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
@@ -491,7 +513,8 @@ def _run(
         torch.set_rng_state(payload["rng"]["torch"])
         start = int(payload["step"])
     else:
-        normals = torch.stack([dataset.load(i) for i in range(len(dataset))])
+        rows = prototype_rows(split, config.prototype_share, config.seed)
+        normals = torch.stack([dataset.load(row) for row in rows])
         model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
     if dist_.main:
         _write_text_atomic(out / "manifest.json", split.to_json())

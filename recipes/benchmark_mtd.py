@@ -92,7 +92,13 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         + f"; backbone "
         f"`{args.backbone}`, {args.image_size}x{args.image_size}, {args.steps} steps of batch "
         f"{args.batch_size}, {args.prototype_matching} prototype matching (ratio "
-        f"{args.prototype_ratio}), attention divisors "
+        f"{args.prototype_ratio}"
+        + (
+            f", fitted on {args.prototype_share:g} of the normal training tiles"
+            if args.prototype_share < 1
+            else ""
+        )
+        + "), attention divisors "
         f"{' '.join(map(str, args.attention_divisors))}, real defects pasted at "
         f"{args.seen_position} positions rotated by {args.seen_rotation[0]:g} to "
         f"{args.seen_rotation[1]:g} degrees, simulated anomalies "
@@ -230,6 +236,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         type=float,
         default=zoo["prototype_ratio"],
         help="prototypes as a share of the normal training images (the paper: 0.1)",
+    )
+    parser.add_argument(
+        "--prototype-share",
+        type=float,
+        default=zoo["prototype_share"],
+        help="share of the normal training tiles the prototypes are fitted on (the paper: 1)",
     )
     parser.add_argument(
         "--seen-position",

@@ -170,6 +170,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="prototypes per scale as a share of the normal training images (paper: 0.1)",
     )
     parser.add_argument(
+        "--prototype-share",
+        type=float,
+        default=defaults.prototype_share,
+        help="share of the normal training tiles the prototypes are fitted on (paper: 1)",
+    )
+    parser.add_argument(
         "--prototype-matching",
         choices=MATCHING_MODES,
         default=defaults.prototype_matching,

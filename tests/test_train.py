@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,12 +21,14 @@ from prn_model.train import (
     build_transform,
     load_checkpoint,
     memory_bank_split,
+    prototype_rows,
     read_records,
     run,
 )
 from prn_model.zoo import load_model
 from recipes.train_prn import parse_args
 from tests.conftest import tiny_train_config
+from tests.test_data import tiled_records  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_STEPS = 150
@@ -206,6 +209,35 @@ def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
     assert model.config.num_prototypes == (num_prototypes(n_normal, 0.5),) * 3
     with pytest.raises(ValueError, match="prototype_ratio"):
         tiny_train_config(prototype_ratio=2.0)
+
+
+def test_prototype_rows_take_whole_tiles(tiled_records):  # noqa: F811
+    split = make_split(tiled_records, n_anomalies=2, seed=0, split_by="group")
+    assert prototype_rows(split, 1.0, seed=0) == list(range(len(split.train_normal)))
+    for seed in range(3):
+        rows = prototype_rows(split, 0.5, seed)
+        chosen = {split.train_normal[row].group for row in rows}
+        # 6 training tiles of 3 lightings: 3 whole tiles, the other 3 left to the head alone.
+        assert len(chosen) == 3 and len(rows) == 9
+        assert rows == sorted(rows) == prototype_rows(split, 0.5, seed)
+    assert len({tuple(prototype_rows(split, 0.5, seed)) for seed in range(6)}) > 1
+    # Without tiles every image is its own: a quarter of 8 images is 2.
+    images = [dataclasses.replace(r, group=None) for r in split.train_normal[:8]]
+    ungrouped = dataclasses.replace(split, train_normal=images)
+    assert len(prototype_rows(ungrouped, 0.25, seed=0)) == 2
+
+
+def test_prototype_share_fits_the_prototypes_on_fewer_images(tmp_path):
+    config = tiny_train_config(prototype_ratio=0.5, prototype_share=0.5, stop_at_step=2)
+    run(config, tmp_path / "run")
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    n_normal = len(json.loads((tmp_path / "run" / "manifest.json").read_text())["train_normal"])
+    assert model.config.num_prototypes == (num_prototypes(round(n_normal / 2), 0.5),) * 3
+    for bad in (0, 1.5, True, float("nan")):
+        with pytest.raises(ValueError, match="prototype_share"):
+            tiny_train_config(prototype_share=bad)
+    config, _, _ = parse_args(["--prototype-share", "0.5"])
+    assert config.prototype_share == 0.5
 
 
 def test_patch_matching_run_writes_a_loadable_checkpoint(tmp_path):
