@@ -22,6 +22,7 @@ EXPECTED_MODELS = [
     "prn_lite0_mtd_inplace",
     "prn_lite0_mtd_normalised",
     "prn_lite0_mtd_original",
+    "prn_lite0_mtd_unseen",
     "prn_resnet18_mvtec",
     "prn_wide_resnet50_2",
 ]
@@ -57,6 +58,11 @@ def test_list_models_and_entries():
     assert normalised.original_weight == 0.5
     model = zoo.create_model("prn_lite0_mtd_normalised", pretrained=False)
     assert model.config.intensity_normalisation == "image"
+    unseen = zoo.train_config("prn_lite0_mtd_unseen", root="/data")
+    assert (unseen.split_by, unseen.prototype_share, unseen.prototype_ratio) == ("group", 0.5, 0.2)
+    assert (
+        unseen.model_config() == zoo.create_model("prn_lite0_mtd_unseen", pretrained=False).config
+    )
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
         assert entry.recipe in zoo.RECIPES and entry.source and entry.description
