@@ -424,7 +424,8 @@ def mask_is_empty(record: Record) -> bool:
 # --------------------------------------------------------------------------- few-shot split
 
 
-def _group_key(record: Record) -> object:
+def group_key(record: Record) -> object:
+    """The physical object ``record`` shows: its group, or the image itself without one."""
     return record.group if record.group is not None else ("image", record.image)
 
 
@@ -434,7 +435,7 @@ def _split_normals(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"normal_train_fraction must be in (0, 1), got {fraction}")
     # Units that go to one side whole: images, or groups of images of one object.
-    unit_of = [_group_key(r) if by_group else r.image for r in normals]
+    unit_of = [group_key(r) if by_group else r.image for r in normals]
     keys = list(dict.fromkeys(unit_of))
     what = "normal groups" if by_group else "normal images"
     n_train = round(fraction * len(keys))
@@ -480,11 +481,11 @@ def _draw_anomalies(
                 if mask_is_empty(candidate):
                     skipped_empty += 1
                     continue
-                if by_group and _group_key(candidate) in drawn_groups:
+                if by_group and group_key(candidate) in drawn_groups:
                     skipped_group += 1
                     continue
                 drawn.append(candidate)
-                drawn_groups.add(_group_key(candidate))
+                drawn_groups.add(group_key(candidate))
                 break
             if not queue:
                 del queues[defect]
@@ -562,8 +563,8 @@ def make_split(
     anomalies = [r for r in ordered if r.label == 1]
     few_shot = _draw_anomalies(anomalies, n_anomalies, seed, by_group)
     drawn = set(few_shot)
-    drawn_groups = {_group_key(r) for r in few_shot} if by_group else set()
-    held_out = {r for r in anomalies if r not in drawn and _group_key(r) in drawn_groups}
+    drawn_groups = {group_key(r) for r in few_shot} if by_group else set()
+    held_out = {r for r in anomalies if r not in drawn and group_key(r) in drawn_groups}
     test = test_normal + [r for r in anomalies if r not in drawn and r not in held_out]
     notes: dict[str, object] = {
         "normal_split": "predefined" if predefined else f"random, train fraction {fraction}",

@@ -52,6 +52,7 @@ from prn_model.data import (
     SPLIT_UNITS,
     Record,
     Split,
+    group_key,
     load_image,
     load_records,
     make_split,
@@ -298,8 +299,8 @@ def prototype_rows(split: Split, share: float, seed: int) -> list[int]:
     """
     if share >= 1:
         return list(range(len(split.train_normal)))
-    keys = [str(r.group or r.image) for r in split.train_normal]
-    tiles = sorted(set(keys))
+    keys = [group_key(r) for r in split.train_normal]
+    tiles = sorted(set(keys), key=str)
     random.Random(seed).shuffle(tiles)
     chosen = set(tiles[: max(1, round(share * len(tiles)))])
     return [row for row, key in enumerate(keys) if key in chosen]
