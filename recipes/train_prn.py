@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
+from prn_model.backbones import list_backbones
 from prn_model.data import SPLIT_UNITS
 from prn_model.network import INTENSITY_NORMALISATIONS
 from prn_model.prototypes import MATCHING_MODES
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument(
         "--backbone",
         default=defaults.backbone,
-        help="resnet18 | wide_resnet50_2 | efficientnet_lite0",
+        help=" | ".join(list_backbones()),
     )
     parser.add_argument(
         "--weights",

