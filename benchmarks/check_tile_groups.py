@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from prn_model.data import Record, read_mtd
+from prn_model.data import Record, group_key, read_mtd
 
 
 def appearance_vector(image: np.ndarray, size: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def main() -> None:
         f"{'mask IoU inside':>15} {'mask IoU outside':>16}"
     )
     for name, members in by_class.items():
-        groups = [r.group if r.group is not None else str(r.image) for r in members]
+        groups = [group_key(r) for r in members]
         greys = [_read_grey(r.image) for r in tqdm(members, desc=name, leave=False)]
         vectors = np.stack([appearance_vector(g, args.size) for g in greys])
         agreement = group_agreement(vectors, groups)

