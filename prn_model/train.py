@@ -4,7 +4,8 @@ One ``TrainConfig`` describes a run. ``run(config, out_dir)`` reads the dataset,
 few-shot split, fits the prototypes, trains on a fixed step schedule (no model selection
 on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md``,
 ``manifest.json`` and heatmap overlays. Checkpoints are written atomically and hold
-everything needed to resume bit-exactly on the CPU. Under ``torchrun`` the run is
+everything needed to resume on the CPU as if uninterrupted (bit-exact where runs are: with one
+thread; docs/prn.md, "Reproducibility"). Under ``torchrun`` the run is
 data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch sharded across ranks.
 """
 
@@ -66,7 +67,7 @@ from prn_model.metrics import METRIC_NAMES, evaluate
 from prn_model.network import PRN, PRNConfig
 from prn_model.visualize import heatmap_overlay
 
-__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run"]
+__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run", "run_environment"]
 
 CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
@@ -576,6 +577,7 @@ def _run(
     metrics["peak_rss_mib"] = _peak_rss_mib()
     metrics["world_size"] = dist_.world
     metrics["rank_fingerprints"] = fingerprints
+    metrics["environment"] = run_environment(device)
     _write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
     _write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
@@ -661,6 +663,26 @@ def _save_checkpoint(
         },
         path,
     )
+
+
+def run_environment(device: torch.device) -> dict[str, Any]:
+    """What a bit-exact re-run must share besides the seed (docs/prn.md, "Reproducibility").
+
+    PyTorch's CPU kernels round differently per instruction set and thread count, so the
+    package versions alone do not pin a run's last digits.
+    """
+    import platform
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "anomgen": anomgen.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+    }
 
 
 def _peak_rss_mib() -> float:

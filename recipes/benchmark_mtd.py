@@ -134,6 +134,8 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
+        _environment_line(runs),
+        "",
         "## Mean ± standard deviation over seeds",
         "",
         "| scope | " + " | ".join(METRICS) + " |",
@@ -157,6 +159,25 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _environment_line(runs: list[dict]) -> str:
+    """Where the runs ran: the last digits depend on it (docs/prn.md, "Reproducibility")."""
+    described = []
+    for r in runs:
+        e = r["environment"]
+        where = (
+            f"CPU ({e['cpu_capability']}, {e['cpu_threads']} threads)"
+            if e["device"] == "cpu"
+            else e["device"]
+        )
+        text = (
+            f"{where}; Python {e['python']}, torch {e['torch']}, numpy {e['numpy']}, "
+            f"OpenCV {e['opencv']}, anomgen {e['anomgen']}"
+        )
+        if text not in described:
+            described.append(text)
+    return "Environment: " + " | ".join(described) + "."
 
 
 START, END = "<!-- benchmark_mtd.py: generated from here -->", "<!-- generated until here -->"

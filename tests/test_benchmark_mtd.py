@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from prn_model import zoo
 from recipes.benchmark_mtd import END, START, _write_report, main, parse_args
@@ -112,6 +113,10 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     assert "every image brought to one grey-level mean and contrast before the backbone" in text
     for defect in ("Blowhole", "Break", "Crack", "Fray", "Uneven"):
         assert f"| {defect} | " in text
+    threads = torch.get_num_threads()
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert f"Environment: CPU ({capability}, {threads} threads); Python " in text
+    assert f"torch {torch.__version__}, numpy" in text
     assert (tmp_path / "runs" / "seed0" / "benchmark.json").is_file()
 
 

@@ -45,6 +45,11 @@ def test_smoke_run_writes_all_outputs(tmp_path):
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
         assert key in saved and key in metrics
     assert set(saved["per_defect_type"]) == {"crack", "scratch", "spot"}
+    # What a bit-exact re-run must share besides the seed (docs/prn.md, "Reproducibility").
+    environment = saved["environment"]
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
+    assert environment["cpu_threads"] == torch.get_num_threads()
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert list((out / "heatmaps").glob("*.png"))
     manifest = json.loads((out / "manifest.json").read_text())
     few_shot = {item["image"] for item in manifest["few_shot"]}
