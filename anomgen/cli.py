@@ -12,7 +12,7 @@ import yaml
 from anomgen.core import AnomalyTransform, from_dict, registered_transforms
 from anomgen.io import list_images
 from anomgen.presets import PRESETS, build_preset
-from anomgen.preview import render_preview, save_png_atomic
+from anomgen.preview import check_png_path, render_preview, save_png_atomic
 
 __all__ = ["main"]
 
@@ -63,8 +63,14 @@ def _load_config(path: Path) -> AnomalyTransform:
 
 
 def _preview(args: argparse.Namespace) -> None:
+    check_png_path(args.out)
     images = list_images(args.images)
     if args.config is not None:
+        given = [f"--{n}" for n in ("textures", "anomalies", "masks") if getattr(args, n)]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to presets; a --config names its own data folders"
+            )
         transform = _load_config(args.config)
     else:
         transform = build_preset(

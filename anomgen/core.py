@@ -226,6 +226,17 @@ class AnomalyTransform:
         """Whether ``params`` should give an anomaly (False for the normal pass-through)."""
         return self.makes_anomalies
 
+    def resample_params(
+        self, image: torch.Tensor, generator: torch.Generator, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Parameters for another try after ``params`` gave no anomaly.
+
+        Leaves draw afresh; combinators keep their choice of child (``OneOf`` its index,
+        ``RandomApply`` its coin) and redraw only inside it, so retries never shift a mix's
+        proportions towards the strategies that rarely come out empty.
+        """
+        return self.sample_params(image, generator)
+
     # -- public API
     def __call__(
         self,
@@ -242,21 +253,21 @@ class AnomalyTransform:
         deterministic and never depend on the rest of the batch.
         """
         batch, kind = to_tensor_image(image)
-        seeds = self._resolve_seeds(batch.shape[0], seed, seeds)
+        seeds = self._resolve_seeds(batch.shape[0], seed, seeds, kind.batched)
         generators = [make_generator(s) for s in seeds]
         params = [self.sample_params(img, g) for img, g in zip(batch, generators)]
         images, masks = self.apply_batch(batch, params)
-        flags = self._flags(batch, images, masks, params)
+        flags = self._flags(batch, images, masks, params, kind)
         for _ in range(_MAX_ATTEMPTS - 1):
             retry = [i for i, p in enumerate(params) if self.expects_anomaly(p) and not flags[i]]
             if not retry:
                 break
             for i in retry:
-                params[i] = self.sample_params(batch[i], generators[i])
+                params[i] = self.resample_params(batch[i], generators[i], params[i])
             images[retry], masks[retry] = self.apply_batch(batch[retry], [params[i] for i in retry])
             for i in retry:
                 flags[i] = self._flags(
-                    batch[i : i + 1], images[i : i + 1], masks[i : i + 1], [params[i]]
+                    batch[i : i + 1], images[i : i + 1], masks[i : i + 1], [params[i]], kind
                 )[0]
         return self._finish(images, masks, params, flags, kind)
 
@@ -266,10 +277,15 @@ class AnomalyTransform:
         images: torch.Tensor,
         masks: torch.Tensor,
         params: Sequence[dict[str, Any]],
+        kind: _InputKind,
     ) -> list[bool]:
-        """Which samples are really anomalous; a pass-through sample is normal by definition."""
+        """Which samples are really anomalous; a pass-through sample is normal by definition.
+
+        For numpy and PIL input the change must survive rounding to 8 bits, as the output does.
+        """
+        eight_bit = kind.kind != "tensor"
         return [
-            self.expects_anomaly(p) and _is_anomalous(before, after, mask)
+            self.expects_anomaly(p) and _is_anomalous(before, after, mask, eight_bit)
             for before, after, mask, p in zip(batch, images, masks, params)
         ]
 
@@ -279,8 +295,14 @@ class AnomalyTransform:
         plist = [params] if isinstance(params, dict) else list(params)
         if len(plist) != batch.shape[0]:
             raise ValueError(f"got {len(plist)} parameter sets for a batch of {batch.shape[0]}")
+        for p in plist:
+            if isinstance(p, dict) and {"anomalous", "strategy", "params"} <= set(p):
+                raise ValueError(
+                    f"replay takes meta['params'], not the whole meta dict (got keys {sorted(p)})"
+                )
         images, masks = self.apply_batch(batch, plist)
-        return self._finish(images, masks, plist, self._flags(batch, images, masks, plist), kind)
+        flags = self._flags(batch, images, masks, plist, kind)
+        return self._finish(images, masks, plist, flags, kind)
 
     def _finish(
         self,
@@ -299,7 +321,9 @@ class AnomalyTransform:
         return Synthesis(out_image, out_mask, metas if kind.batched else metas[0])
 
     @staticmethod
-    def _resolve_seeds(n: int, seed: int | None, seeds: Sequence[int] | None) -> list[int]:
+    def _resolve_seeds(
+        n: int, seed: int | None, seeds: Sequence[int] | None, batched: bool
+    ) -> list[int]:
         if seeds is not None:
             if seed is not None:
                 raise ValueError("pass either seed or seeds, not both")
@@ -307,7 +331,7 @@ class AnomalyTransform:
                 raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
             return [int(s) for s in seeds]
         base = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        return [base] if n == 1 else [derive_seed(base, i) for i in range(n)]
+        return [derive_seed(base, i) for i in range(n)] if batched else [base]
 
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -329,8 +353,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_anomalous(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Does the (1,H,W) mask mark a pixel whose value really changed?"""
+def _is_anomalous(
+    before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor, eight_bit: bool
+) -> bool:
+    """Does the (1,H,W) mask mark a pixel whose value really changed (at 8 bits if asked)?"""
+    if eight_bit:  # ``before`` came from 8 bits; ``after`` is rounded like the output
+        after = after.clamp(0, 1).mul(255.0).round_().div_(255.0)
     changed = (after - before).abs_().amax(dim=0, keepdim=True) > _MIN_CHANGE
     return bool(changed.logical_and_(mask > 0).any())
 
@@ -347,6 +375,14 @@ def from_dict(config: dict[str, Any]) -> AnomalyTransform:
     unknown = set(config) - names - {"type"}
     if unknown:
         raise ValueError(f"{name} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}")
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = required - set(config)
+    if missing:
+        raise ValueError(f"{name} needs parameter(s) {sorted(missing)}; got {sorted(config)}")
     kwargs = {k: v for k, v in config.items() if k != "type"}
     return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
 

@@ -1,12 +1,13 @@
 """Reading images and masks, and the pools that strategies draw from.
 
-Pools decode their images once and keep them in memory as float tensors, so the
-per-sample cost of synthesis is pure tensor work (the texture pool also caches each
-texture resized to the size last asked for).
+Pools decode their images once and keep them in memory, so the per-sample cost of
+synthesis is pure tensor work (the texture pool also caches the resized copies it has
+drawn, so images of many sizes cost one texture resize each).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,28 +60,62 @@ def _open(path: Path) -> Image.Image:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from None
 
 
+# Grey modes PIL cannot turn into 8-bit "L" without clipping: read their values directly.
+_HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
+_HIGH_DEPTH_SCALE["I"] = 65535.0  # 16-bit PNGs open as 32-bit "I" in some Pillow versions
+_HIGH_DEPTH_SCALE["F"] = 1.0  # float TIFFs: taken as already in [0, 1]
+
+
+def _grey_values(image: Image.Image, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit or float grey image as float32 (H,W) in [0, 1], checked.
+
+    ``convert("L")`` would clip such images at 255 (a 16-bit tile comes out nearly white),
+    so their values are scaled by the mode's full range instead.
+    """
+    scale = _HIGH_DEPTH_SCALE[image.mode]
+    values = np.asarray(image, dtype=np.float32) / scale
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
+        raise ValueError(
+            f"image {str(path)!r} (mode {image.mode!r}) holds values outside the mode's range "
+            f"[0, {scale:g}]: [{low * scale:g}, {high * scale:g}]"
+        )
+    return values
+
+
+def _float_array(path: Path, channels: int | None) -> np.ndarray:
+    """The file as float32 (H,W,C) in [0, 1], C = ``channels`` or as stored (1 or 3)."""
+    image = _open(path)
+    if image.mode in _HIGH_DEPTH_SCALE:
+        grey = _grey_values(image, path)[:, :, None]
+        return np.repeat(grey, 3, axis=2) if channels == 3 else grey
+    if channels is None:
+        channels = 1 if image.mode in ("L", "1", "LA") else 3
+    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array / 255.0
+
+
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """A float (C,H,W) tensor in [0, 1]; ``channels`` 1 or 3 forces grayscale or RGB.
 
-    With ``channels=None`` grayscale files stay 1-channel and everything else becomes RGB.
+    With ``channels=None`` grayscale files (8-bit, 16-bit or float) stay 1-channel and
+    everything else becomes RGB. 16-bit files keep their full precision.
     """
-    path = Path(path)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-    image = _open(path)
-    if channels is None:
-        channels = 1 if image.mode in ("L", "I;16", "I", "1") else 3
-    image = image.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    array = _float_array(Path(path), channels)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path: str | Path) -> torch.Tensor:
-    """A binary float (1,H,W) mask: pixels >= 128 of the grayscale file are defective."""
-    array = np.asarray(_open(Path(path)).convert("L"))
-    return torch.from_numpy(array >= MASK_THRESHOLD).float()[None]
+    """A binary float (1,H,W) mask: pixels from 128/255 of the file's grey range up (128 for
+    8-bit masks, which MTD and MVTec anti-alias; 32,896 for 16-bit ones) are defective."""
+    array = _float_array(Path(path), channels=1)[:, :, 0]
+    # 1e-6 below the threshold so float rounding never drops a pixel exactly on it; the
+    # next value down is 1.5e-5 away even at 16 bits.
+    return torch.from_numpy(array >= MASK_THRESHOLD / 255.0 - 1e-6).float()[None]
 
 
 def resize(image: torch.Tensor, size: tuple[int, int], nearest: bool = False) -> torch.Tensor:
@@ -141,7 +176,10 @@ class TexturePool:
             if not textures:
                 raise ValueError("a texture pool needs at least one texture")
         self.textures = [_to_uint8(t) for t in textures]
-        self._resized: dict[tuple[int, int, str], list[torch.Tensor]] = {}
+        # Resized copies, made when first drawn and evicted least recently used first: as many
+        # as four full sizes' worth, so images of varying sizes cost one resize per draw.
+        self._resized: OrderedDict[tuple[int, int, int, str], torch.Tensor] = OrderedDict()
+        self._max_resized = 4 * len(self.textures)
 
     def __len__(self) -> int:
         return len(self.textures)
@@ -149,16 +187,18 @@ class TexturePool:
     def get(
         self, index: int, size: tuple[int, int], channels: int, device: torch.device
     ) -> torch.Tensor:
-        """Texture ``index`` as float (C,H,W) at ``size``; resized copies cached per size."""
-        key = (size[0], size[1], str(device))
-        if key not in self._resized:
-            if len(self._resized) >= 4:  # a handful of sizes at most; drop the oldest
-                self._resized.pop(next(iter(self._resized)))
-            self._resized[key] = [
-                _to_uint8(resize(t.float() / 255.0, size)).to(device) for t in self.textures
-            ]
-        texture = self._resized[key][index].float().mul_(1.0 / 255.0)
-        return _match_channels(texture, channels)
+        """Texture ``index`` as float (C,H,W) at ``size``; resized copies are cached."""
+        key = (index, size[0], size[1], str(device))
+        resized = self._resized.get(key)
+        if resized is None:
+            source = self.textures[index].float() / 255.0
+            resized = _to_uint8(resize(source, size)).to(device)
+            self._resized[key] = resized
+            if len(self._resized) > self._max_resized:
+                self._resized.popitem(last=False)
+        else:
+            self._resized.move_to_end(key)
+        return _match_channels(resized.float().mul_(1.0 / 255.0), channels)
 
     def to_dict(self) -> str:
         if self.root is None:
@@ -248,6 +288,8 @@ def _find_anomaly_files(images: Path, masks: Path | None) -> list[tuple[Path, Pa
             candidates = [file.with_suffix(".png"), file.with_name(f"{file.stem}_mask.png")]
         else:
             candidates = [masks / f"{file.stem}_mask.png", masks / f"{file.stem}.png"]
+        # A .png image is never its own mask (MVTec's layout with the masks folder forgotten).
+        candidates = [c for c in candidates if c != file]
         mask = next((c for c in candidates if c.is_file()), None)
         if mask is None:
             raise FileNotFoundError(

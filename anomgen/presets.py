@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,18 +17,18 @@ __all__ = ["PRESETS", "build_preset"]
 PathLike = str | Path | None
 
 
-def draem(textures: PathLike = None, **_: PathLike) -> AnomalyTransform:
+def draem(textures: PathLike = None) -> AnomalyTransform:
     """DRAEM: half the samples normal, half a Perlin region filled with an augmented texture."""
     return RandomApply(PerlinTexturePaste(textures=textures), p=0.5)
 
 
-def cutpaste(**_: PathLike) -> AnomalyTransform:
+def cutpaste() -> AnomalyTransform:
     """CutPaste's 3-way mix: normal, CutPaste and CutPaste-scar in equal shares."""
     return OneOf([Normal(), CutPaste(), CutPasteScar()])
 
 
 def prn(
-    anomalies: PathLike = None, masks: PathLike = None, textures: PathLike = None, **_: PathLike
+    anomalies: PathLike = None, masks: PathLike = None, textures: PathLike = None
 ) -> AnomalyTransform:
     """PRN's mix: 50 % normal, 25 % seen-anomaly extension, 25 % simulated anomalies.
 
@@ -52,7 +53,15 @@ PRESETS: dict[str, Callable[..., AnomalyTransform]] = {
 def build_preset(
     name: str, *, textures: PathLike = None, anomalies: PathLike = None, masks: PathLike = None
 ) -> AnomalyTransform:
-    """Build preset ``name`` with the given data folders."""
+    """Build preset ``name`` with the given data folders; a folder it does not use is an error
+    (it would otherwise be ignored without a word)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name](textures=textures, anomalies=anomalies, masks=masks)
+    build = PRESETS[name]
+    folders = {"textures": textures, "anomalies": anomalies, "masks": masks}
+    takes = inspect.signature(build).parameters
+    unused = [key for key, value in folders.items() if value is not None and key not in takes]
+    if unused:
+        accepted = ", ".join(takes) or "no folders"
+        raise ValueError(f"the {name} preset does not use {' or '.join(unused)} (takes {accepted})")
+    return build(**{key: value for key, value in folders.items() if key in takes})

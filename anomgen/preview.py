@@ -83,13 +83,21 @@ def _umask() -> int:
     return mask
 
 
-def save_png_atomic(image: Image.Image, out: str | Path) -> Path:
-    """Write the PNG through a temporary file and rename, so no half-written file remains."""
+def check_png_path(out: str | Path) -> Path:
+    """``out`` as a Path if a PNG can be written there (checked before any work is done)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {str(out)!r}")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise IsADirectoryError(f"output {str(out)!r} is a folder")
+    return out
+
+
+def save_png_atomic(image: Image.Image, out: str | Path) -> Path:
+    """Write the PNG through a temporary file and rename, so no half-written file remains."""
+    out = check_png_path(out)
     handle, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=out.parent)
     os.close(handle)
     try:

@@ -75,16 +75,42 @@ def test_bad_input_exits_with_one_line_and_no_file(tmp_path, normal_dir):
     out = tmp_path / "grid.png"
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [
-        ["preview", "--images", str(empty), "--out", str(out)],
-        ["preview", "--images", str(normal_dir), "--preset", "nope", "--out", str(out)],
-        ["preview", "--images", str(normal_dir), "--preset", "prn", "--out", str(out)],
-    ]
-    for args in cases:
+    incomplete = tmp_path / "incomplete.yaml"
+    incomplete.write_text("type: SeenAnomalyPaste\n")
+    images = ["preview", "--images", str(normal_dir)]
+    cases = {
+        "no images": ["preview", "--images", str(empty), "--out", str(out)],
+        "does not exist": ["preview", "--images", str(tmp_path / "missing"), "--out", str(out)],
+        "unknown preset": [*images, "--preset", "nope", "--out", str(out)],
+        "needs real anomalies": [*images, "--preset", "prn", "--out", str(out)],
+        "does not use textures": [
+            *images,
+            "--preset",
+            "cutpaste",
+            "--textures",
+            str(empty),
+            "--out",
+            str(out),
+        ],
+        "names its own data": [
+            *images,
+            "--config",
+            str(incomplete),
+            "--textures",
+            str(empty),
+            "--out",
+            str(out),
+        ],
+        "needs parameter": [*images, "--config", str(incomplete), "--out", str(out)],
+        # The output is checked before any image is read or rendered.
+        "output folder": ["preview", "--images", str(empty), "--out", str(empty / "no/x.png")],
+    }
+    for message, args in cases.items():
         result = _run(*args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("anomgen: error:"), result.stderr
+        assert message in lines[0], (message, lines[0])
         assert not out.exists()
     (normal_dir / "broken.png").write_bytes(b"not an image")
     result = _run(

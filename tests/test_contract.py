@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 
 from anomgen import (
     Compose,
+    CutPaste,
+    CutPasteScar,
     Normal,
     OneOf,
     PerlinTexturePaste,
@@ -25,6 +27,7 @@ from anomgen import (
     TexturePool,
     from_dict,
 )
+from anomgen.core import make_generator
 from tests.conftest import random_image
 
 
@@ -228,7 +231,12 @@ def _anomaly_folder(root) -> str:
 def test_presets_round_trip(name, tmp_path, texture_dir):
     from anomgen import build_preset
 
-    transform = build_preset(name, textures=texture_dir, anomalies=_anomaly_folder(tmp_path))
+    folders = {
+        "draem": {"textures": texture_dir},
+        "cutpaste": {},
+        "prn": {"textures": texture_dir, "anomalies": _anomaly_folder(tmp_path)},
+    }[name]
+    transform = build_preset(name, **folders)
     rebuilt = from_dict(yaml.safe_load(yaml.safe_dump(transform.to_dict())))
     image = random_image(1, 48, 48)
     for seed in range(6):
@@ -243,3 +251,69 @@ def test_unknown_preset_and_missing_anomalies():
         build_preset("nope")
     with pytest.raises(ValueError, match="needs real anomalies"):
         build_preset("prn")
+
+
+def test_preset_rejects_folders_it_does_not_use(texture_dir):
+    from anomgen import build_preset
+
+    with pytest.raises(ValueError, match="cutpaste preset does not use textures"):
+        build_preset("cutpaste", textures=texture_dir)
+    with pytest.raises(ValueError, match="draem preset does not use anomalies or masks"):
+        build_preset("draem", anomalies="defects", masks="masks")
+
+
+def test_retries_keep_the_mix_proportions():
+    """A strategy that often comes out empty is drawn again, not swapped for another one."""
+    rare = PerlinTexturePaste(threshold=0.8)  # empty for many draws on a small image
+    mix = OneOf([Normal(), rare])
+    image = random_image(1, 32, 32)
+    retried = 0
+    for seed in range(60):
+        first = mix.sample_params(image, make_generator(seed))
+        result = mix(image, seed=seed)
+        assert result.meta["params"]["index"] == first["index"]
+        retried += result.meta["params"] != first
+    assert retried > 0  # the retry path was exercised
+    coin = RandomApply(rare, p=0.5)
+    for seed in range(30):
+        first = coin.sample_params(image, make_generator(seed))
+        assert coin(image, seed=seed).meta["params"]["applied"] == first["applied"]
+
+
+def test_uint8_samples_labelled_anomalous_really_changed():
+    """The label must hold after the output is rounded to 8 bits, as numpy and PIL get it."""
+    flat = np.full((64, 64), 128, np.uint8)
+    for transform in (CutPaste(), CutPasteScar(), PerlinTexturePaste()):
+        for seed in range(40):
+            result = transform(flat, seed=seed)
+            changed = result.image != flat
+            if result.meta["anomalous"]:
+                assert (changed & (result.mask > 0)).any(), (transform.name, seed)
+
+
+def test_a_batch_of_one_is_seeded_like_any_batch():
+    batch = random_image(3, 32, 32)[None].repeat(2, 1, 1, 1)
+    transform = PerlinTexturePaste()
+    one, two = transform(batch[:1], seed=5), transform(batch, seed=5)
+    assert torch.equal(one.image[0], two.image[0]) and one.meta[0] == two.meta[0]
+
+
+def test_config_and_argument_errors_are_clear():
+    with pytest.raises(ValueError, match=r"SeenAnomalyPaste needs parameter\(s\) \['anomalies'\]"):
+        from_dict({"type": "SeenAnomalyPaste"})
+    with pytest.raises(ValueError, match="p must be a number"):
+        RandomApply(Normal(), p="often")
+    assert RandomApply(Normal(), p="0.25").p == 0.25
+    with pytest.raises(ValueError, match="n_augmenters must be an integer"):
+        PerlinTexturePaste(n_augmenters=2.7)
+    assert PerlinTexturePaste(n_augmenters=np.int64(2)).n_augmenters == 2
+    image = random_image(1, 32, 32)
+    meta = PerlinTexturePaste()(image, seed=0).meta
+    with pytest.raises(ValueError, match="replay takes meta\\['params'\\]"):
+        PerlinTexturePaste().replay(image, meta)
+
+
+def test_real_anomaly_image_declares_it_replaces_the_ground():
+    from anomgen.transforms.seen import RealAnomalyImage
+
+    assert RealAnomalyImage.preserves_outside is False

@@ -72,6 +72,12 @@ class Compose(AnomalyTransform):
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         return {"steps": [t.sample_params(image, generator) for t in self.transforms]}
 
+    def resample_params(
+        self, image: torch.Tensor, generator: torch.Generator, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        steps = zip(self.transforms, params["steps"])
+        return {"steps": [t.resample_params(image, generator, p) for t, p in steps]}
+
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +117,13 @@ class OneOf(AnomalyTransform):
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         index = int(torch.multinomial(self._probabilities, 1, generator=generator))
         return {"index": index, "params": self.transforms[index].sample_params(image, generator)}
+
+    def resample_params(
+        self, image: torch.Tensor, generator: torch.Generator, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        index = params["index"]
+        child = self.transforms[index].resample_params(image, generator, params["params"])
+        return {"index": index, "params": child}
 
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
@@ -162,6 +175,16 @@ class SomeOf(AnomalyTransform):
         chosen = sorted(int(i) for i in order)
         return {"steps": [[i, self.transforms[i].sample_params(image, generator)] for i in chosen]}
 
+    def resample_params(
+        self, image: torch.Tensor, generator: torch.Generator, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "steps": [
+                [i, self.transforms[i].resample_params(image, generator, p)]
+                for i, p in params["steps"]
+            ]
+        }
+
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +208,13 @@ class RandomApply(AnomalyTransform):
 
     def __post_init__(self) -> None:
         self.transform = _children([self.transform])[0]
-        if not 0.0 <= float(self.p) <= 1.0:
+        try:
+            p = float(self.p)
+        except (TypeError, ValueError):
+            raise ValueError(f"p must be a number in [0, 1], got {self.p!r}") from None
+        if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {self.p!r}")
+        self.p = p
         self.preserves_outside = self.transform.preserves_outside
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
@@ -195,6 +223,14 @@ class RandomApply(AnomalyTransform):
             "applied": applied,
             "params": self.transform.sample_params(image, generator) if applied else {},
         }
+
+    def resample_params(
+        self, image: torch.Tensor, generator: torch.Generator, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not params["applied"]:
+            return params
+        child = self.transform.resample_params(image, generator, params["params"])
+        return {"applied": True, "params": child}
 
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]

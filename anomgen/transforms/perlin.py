@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from anomgen.core import (
@@ -106,8 +107,10 @@ class PerlinTexturePaste(AnomalyTransform):
         self.opacity = check_range("opacity", self.opacity, 0.0, 1.0)
         if self.opacity[1] >= 1.0:
             raise ValueError(f"opacity must stay below 1 (1 keeps the image), got {self.opacity!r}")
-        if not 0 <= int(self.n_augmenters) <= 10:
-            raise ValueError(f"n_augmenters must be 0..10, got {self.n_augmenters!r}")
+        n = self.n_augmenters
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n <= 10:
+            raise ValueError(f"n_augmenters must be an integer 0..10, got {n!r}")
+        self.n_augmenters = int(n)
         self._pool = texture_pool(self.textures, "textures")
         if isinstance(self.textures, Path):
             self.textures = str(self.textures)

@@ -335,8 +335,11 @@ class RealAnomalyImage(AnomalyTransform):
     model to leave that ground alone. ``anomalies`` and ``masks`` are as in
     ``SeenAnomalyPaste``. The anomalous image is resized to the normal image's size (its
     channels converted) and flipped horizontally and vertically, each with
-    ``flip_probability``; the normal image only gives the size.
+    ``flip_probability``; the normal image only gives the size, so pixels outside the mask
+    change too (``preserves_outside`` is False).
     """
+
+    preserves_outside = False
 
     anomalies: str | Path | Sequence[str | Path] | AnomalyPool
     masks: str | Path | Sequence[str | Path] | None = None

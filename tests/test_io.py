@@ -1,0 +1,61 @@
+"""Reading images, masks and anomaly folders the way users keep them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomgen import AnomalyPool, read_image, read_mask
+
+
+def test_sixteen_bit_grey_keeps_its_range(tmp_path):
+    """PIL's convert("L") clips 16-bit values at 255; such files must be scaled instead."""
+    ramp = np.linspace(0, 65535, 64 * 32).round().astype(np.uint16).reshape(32, 64)
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    image = read_image(path)
+    assert image.shape == (1, 32, 64)
+    np.testing.assert_allclose(image[0].numpy(), ramp / 65535.0, atol=1e-6)
+    assert read_image(path, channels=3).shape == (3, 32, 64)
+    mask = read_mask(path)[0].numpy().astype(bool)
+    np.testing.assert_array_equal(mask, ramp >= 128 * 257)
+
+
+def test_eight_bit_mask_threshold_is_128(tmp_path):
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png")[0].numpy(), values >= 128)
+
+
+def test_float_image_out_of_range_is_named(tmp_path):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(path)
+    with pytest.raises(ValueError, match="wide.tif.*outside the mode's range"):
+        read_image(path)
+
+
+def test_png_anomaly_is_never_its_own_mask(tmp_path):
+    """MVTec's layout with the masks folder forgotten: each .png would mask itself."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+            tmp_path / f"{name}.png"
+        )
+    with pytest.raises(FileNotFoundError, match="no mask for anomalous image"):
+        AnomalyPool(tmp_path)
+
+
+def test_texture_pool_caches_per_texture_and_stays_bounded():
+    """Images of many sizes must not resize the whole pool each time, nor grow without end."""
+    import torch
+
+    from anomgen import TexturePool
+
+    textures = [torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    pool, fresh = TexturePool(textures), TexturePool(textures)
+    for height in range(16, 40):
+        drawn = pool.get(height % 3, (height, 24), 1, torch.device("cpu"))
+        assert torch.equal(drawn, fresh.get(height % 3, (height, 24), 1, torch.device("cpu")))
+        assert len(pool._resized) <= 4 * len(textures)
+    assert len(pool._resized) == 4 * len(textures)
