@@ -25,7 +25,9 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -79,13 +81,19 @@ def _check_model(model: Any) -> PRN:
 
 
 def _example_images(model: PRN, example_size: Sequence[int] | None) -> Tensor:
-    """The batch to trace: ``example_size`` (B, C, H, W), default (2, 3, S, S)."""
-    size = model.config.image_size
-    shape = (_TRACE_BATCH, 3, size, size) if example_size is None else tuple(example_size)
+    """The batch to trace: ``example_size`` (B, C, H, W), default (2, C, S, S) with C the
+    channels the model was trained on (3 where unknown)."""
+    size, trained = model.config.image_size, model.input_channels
+    default = (_TRACE_BATCH, trained or 3, size, size)
+    shape = default if example_size is None else tuple(example_size)
     if len(shape) != 4 or shape[0] < 1 or shape[1] not in (1, 3) or shape[2:] != (size, size):
         raise ValueError(
             f"example_size must be (B >= 1, C in {{1, 3}}, {size}, {size}) for this model "
             f"(config.image_size {size}), got {example_size!r}"
+        )
+    if trained == 1 and shape[1] != 1:
+        raise ValueError(
+            f"this model was trained on grayscale images: export it with C = 1, got {shape}"
         )
     generator = torch.Generator().manual_seed(0)
     return torch.rand(shape, generator=generator).to(model.device)
@@ -127,9 +135,10 @@ def export_torchscript(
 ) -> Path:
     """Trace ``model`` to a TorchScript file (``torch.jit.load`` reads it back).
 
-    ``example_size`` is the (B, C, H, W) of the traced batch, default (2, 3, S, S); only C
-    matters to the result (see the module docstring). The export metadata (channels, size,
-    PRN config) is stored as the extra file ``prn_export`` inside the archive.
+    ``example_size`` is the (B, C, H, W) of the traced batch, default (2, C, S, S) with the
+    model's training channels (3 where unknown); only C matters to the result (see the module
+    docstring). The export metadata (channels, size, PRN config) is stored as the extra file
+    ``prn_export`` inside the archive.
     """
     model = _check_model(model)
     path = _output_path(path)
@@ -137,7 +146,8 @@ def export_torchscript(
     with _eval_mode(model), torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(DeployablePRN(model), images, check_trace=False)
     metadata = json.dumps(_metadata(model, images, "torchscript"))
-    torch.jit.save(traced, str(path), _extra_files={_METADATA_KEY: metadata})
+    with _staged(path) as staging:
+        torch.jit.save(traced, str(staging), _extra_files={_METADATA_KEY: metadata})
     return path
 
 
@@ -184,22 +194,28 @@ def export_onnx(
     path = _output_path(path)
     images = _example_images(model, example_size)
     batch_axis = {0: "batch"}
-    with _eval_mode(model), torch.no_grad(), _quiet_tracer(), _exportable_adaptive_pooling(opset):
-        torch.onnx.export(
-            DeployablePRN(model),
-            (images,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[_ONNX_INPUT],
-            output_names=list(_ONNX_OUTPUTS),
-            dynamic_axes={name: batch_axis for name in (_ONNX_INPUT, *_ONNX_OUTPUTS)},
+    with _staged(path) as staging:
+        with (
+            _eval_mode(model),
+            torch.no_grad(),
+            _quiet_tracer(),
+            _exportable_adaptive_pooling(opset),
+        ):
+            torch.onnx.export(
+                DeployablePRN(model),
+                (images,),
+                str(staging),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[_ONNX_INPUT],
+                output_names=list(_ONNX_OUTPUTS),
+                dynamic_axes={name: batch_axis for name in (_ONNX_INPUT, *_ONNX_OUTPUTS)},
+            )
+        graph = onnx.load(str(staging))
+        onnx.helper.set_model_props(
+            graph, {_METADATA_KEY: json.dumps(_metadata(model, images, "onnx"))}
         )
-    graph = onnx.load(str(path))
-    onnx.helper.set_model_props(
-        graph, {_METADATA_KEY: json.dumps(_metadata(model, images, "onnx"))}
-    )
-    onnx.save(graph, str(path))
+        onnx.save(graph, str(staging))
     return path
 
 
@@ -216,7 +232,30 @@ def _output_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; give a file name")
     return path
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` (same suffix, which names the format) that replaces
+    ``path`` only when the block succeeds: no half-written or rejected export is left."""
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Rejected(Exception):
+    """The export differs from the eager model by more than the accepted tolerance."""
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -322,21 +361,26 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.checkpoint)
         channels = args.channels or int(load_checkpoint(args.checkpoint).get("channels", 3))
         example = (_TRACE_BATCH, channels, model.config.image_size, model.config.image_size)
-        if args.format == "onnx":
-            export_onnx(model, args.out, opset=args.opset, example_size=example)
-        else:
-            export_torchscript(model, args.out, example_size=example)
-        difference = verify_export(model, args.out)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"prn_model.export: error: {error}", file=sys.stderr)
-        return 2
-    if not difference <= args.atol:  # NaN fails too
+        out = _output_path(args.out)
+        # Exported and verified beside OUT, moved into place only if it passes.
+        with _staged(out) as staging:
+            if args.format == "onnx":
+                export_onnx(model, staging, opset=args.opset, example_size=example)
+            else:
+                export_torchscript(model, staging, example_size=example)
+            difference = verify_export(model, staging)
+            if not difference <= args.atol:  # NaN fails too
+                raise _Rejected(difference)
+    except _Rejected:
         print(
-            f"prn_model.export: error: {args.out} differs from the eager model by {difference:.3g} "
-            f"(> --atol {args.atol:g})",
+            f"prn_model.export: error: the export differs from the eager model by "
+            f"{difference:.3g} (> --atol {args.atol:g}); {args.out} was not written",
             file=sys.stderr,
         )
         return 1
+    except (ValueError, OSError) as error:
+        print(f"prn_model.export: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({args.format}); max |exported - eager| = {difference:.3g}")
     return 0
 

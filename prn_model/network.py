@@ -503,6 +503,10 @@ class PRN(nn.Module):
             if config.memory_bank_size
             else None
         )
+        # Channels of the training images (1 grayscale, 3 colour), set by the recipe and by
+        # ``load_model``: ``predict`` then refuses colour input to a grayscale model, whose
+        # scores on it would be meaningless. None: unknown, anything is accepted.
+        self.input_channels: int | None = None
         self.register_load_state_dict_post_hook(_sync_config_after_load)
 
     def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
@@ -716,7 +720,9 @@ class PRN(nn.Module):
         those network-resolution maps (so they do not depend on the input size) and each map
         is resized back to its input's size: a stacked (B, 1, H, W) tensor when all sizes agree,
         else a list of (1, H_i, W_i). Grayscale images in a list mixed with RGB ones are
-        repeated to 3 channels. Runs in eval mode without gradients; the mode is restored.
+        repeated to 3 channels; colour images given to a model trained on grayscale ones
+        (``input_channels == 1``) are an error. Runs in eval mode without gradients; the mode
+        is restored.
         """
         _positive_int("batch_size", batch_size)
         if isinstance(images, Tensor):
@@ -734,6 +740,14 @@ class PRN(nn.Module):
                 "images must be a (B, C, H, W) tensor or a non-empty list of (C, H, W) tensors, "
                 f"got {type(images).__name__}"
             )
+        if self.input_channels == 1:
+            for index, image in enumerate(items):
+                if image.shape[0] != 1:
+                    raise ValueError(
+                        f"this model was trained on grayscale (1-channel) images, but images"
+                        f"[{index}] has {image.shape[0]} channels; convert it to grayscale "
+                        "first (prn_model.data.load_image(path, grayscale=True) does)"
+                    )
         mixed_channels = len({image.shape[0] for image in items}) > 1
         size = (self.config.image_size, self.config.image_size)
 

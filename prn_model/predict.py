@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from anomgen.io import list_images
+from anomgen.io import IMAGE_SUFFIXES, list_images
 from anomgen.preview import save_png_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
@@ -64,20 +65,39 @@ def predict_folder(
     batch_size: int = 8,
     heatmaps: bool = True,
     threshold: float | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, str]]:
     """Score every image of ``images_dir`` and write ``scores.csv`` (+ heatmaps) under ``out``.
 
     Images are listed like ``anomgen.io.list_images``: sorted, ``*_mask.*`` files and a
     ``.png`` sharing its stem with another image (its mask) skipped. Returns the CSV rows;
-    a row with a non-empty ``error`` is an image that could not be read.
+    a row with a non-empty ``error`` is an image that could not be read (or scored). Every
+    other file of the folder is named on stderr with why it was not scored. An ``out`` that
+    holds earlier results (``scores.csv`` or heatmaps) is refused unless ``overwrite``, which
+    removes them first, so no old heatmap sits beside the new scores. Files are
+    read with the channels the model was trained on: a colour file given to a grayscale model
+    is converted to luma, as its training images were.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be in [0, 1] (scores are probabilities), got {threshold}")
     files = list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+    _report_unscored(Path(images_dir), files)
+    # Files are read with the channels the model was trained on (colour turned to luma for a
+    # grayscale model); None keeps each file's own.
+    grayscale = {1: True, 3: False}.get(model.input_channels)  # type: ignore[arg-type]
     out = Path(out)
     heatmap_dir = out / "heatmaps"
+    earlier = (out / "scores.csv").exists() or (heatmap_dir.is_dir() and any(heatmap_dir.iterdir()))
+    if earlier and not overwrite:
+        raise ValueError(
+            f"{str(out)!r} holds earlier results (scores.csv or heatmaps/); pass --overwrite "
+            "to replace them or choose another --out"
+        )
+    if earlier:
+        (out / "scores.csv").unlink(missing_ok=True)
+        shutil.rmtree(heatmap_dir, ignore_errors=True)
     (heatmap_dir if heatmaps else out).mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, str]] = []
@@ -86,13 +106,18 @@ def predict_folder(
             loaded: list[tuple[Path, torch.Tensor]] = []
             for path in files[start : start + batch_size]:
                 try:
-                    loaded.append((path, load_image(path)))
+                    loaded.append((path, load_image(path, grayscale=grayscale)))
                 except (ValueError, OSError, Image.DecompressionBombError) as error:
                     progress.write(f"prn-predict: skipping {path.name}: {error}", file=sys.stderr)
                     rows.append({"file": path.name, "score": "", "error": str(error)})
             if loaded:
                 scores, maps = model.predict([image for _, image in loaded], batch_size)
                 for (path, image), score, heat in zip(loaded, scores.tolist(), maps):
+                    if not math.isfinite(score):
+                        error = f"the model gave a non-finite score ({score})"
+                        progress.write(f"prn-predict: {path.name}: {error}", file=sys.stderr)
+                        rows.append({"file": path.name, "score": "", "error": error})
+                        continue
                     row = {"file": path.name, "score": f"{score:.6f}", "error": ""}
                     if threshold is not None:
                         row["anomalous"] = str(int(score >= threshold))
@@ -112,12 +137,33 @@ def predict_folder(
     return rows
 
 
+def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
+    """Name every file of ``folder`` that is not scored, with the reason: nothing is skipped
+    without a word."""
+    scored = set(files)
+    stems = {path.stem: path.name for path in files if path.suffix.lower() != ".png"}
+    for path in sorted(folder.iterdir()):
+        if path in scored or path.is_dir():
+            continue
+        if not path.is_file():
+            reason = "not a readable file (a broken link?)"
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            reason = f"not an image type this reads ({', '.join(IMAGE_SUFFIXES)})"
+        elif path.stem.endswith(MASK_SUFFIX):
+            reason = f"a mask ({MASK_SUFFIX} suffix)"
+        else:
+            reason = f"taken as the mask of {stems.get(path.stem, 'a same-named image')}"
+        print(f"prn-predict: not scored: {path.name}: {reason}", file=sys.stderr)
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="prn-predict",
         description="Score every image in a folder with a trained PRN checkpoint. Writes "
         "OUT/scores.csv (file, score in [0, 1], anomalous with --threshold, error) and one "
-        "heatmap overlay per image as OUT/heatmaps/<file name>.png.",
+        "heatmap overlay per image as OUT/heatmaps/<file name>.png. Files named *_mask.* and a "
+        ".png sharing its name with another image (its mask) are not scored; every file left "
+        "out is named on stderr.",
         epilog="Exit status: 0 all images scored; 1 some images could not be read (named on "
         "stderr and in the CSV's error column); 2 missing checkpoint, no images or bad option.",
     )
@@ -127,6 +173,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier results in OUT (scores.csv, heatmaps/); without it they are refused",
+    )
     parser.add_argument(
         "--threshold",
         type=float,
@@ -160,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             heatmaps=not args.no_heatmaps,
             threshold=args.threshold,
+            overwrite=args.overwrite,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: an --out that is a file, a full disk
         print(f"prn-predict: error: {error}", file=sys.stderr)
         return 2
     failed = sum(1 for row in rows if row["error"])

@@ -16,6 +16,8 @@ import json
 import math
 import os
 import random
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -144,6 +146,19 @@ class TrainConfig:
         for name in ("steps", "batch_size", "image_size", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(
+                    f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+                ) from None
         divisors = self.attention_divisors
         if (
             isinstance(divisors, int | str)
@@ -264,6 +279,11 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ValueError(
+                f"--device {name!r} names one GPU, but torchrun starts several processes; "
+                "use --device cuda (each process takes the GPU of its LOCAL_RANK)"
+            )
         torch.cuda.set_device(device)
     return device
 
@@ -284,10 +304,22 @@ def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
 
 
 def config_split(config: TrainConfig, records: Sequence[Record]) -> Split:
-    """The few-shot split a run with ``config`` trains on and is scored on."""
-    return make_split(
+    """The few-shot split a run with ``config`` trains on and is scored on; it must leave
+    both normal and anomalous test images, without which every metric is undefined."""
+    split = make_split(
         records, n_anomalies=config.n_anomalies, seed=config.seed, split_by=config.split_by
     )
+    labels = {record.label for record in split.test}
+    if 0 not in labels:
+        raise ValueError("the test set has no normal images; the split leaves none to score")
+    if 1 not in labels:
+        n_anomalies = sum(record.label for record in records)
+        raise ValueError(
+            f"the test set has no anomalous images left: all {n_anomalies} anomalies are "
+            f"few-shot samples ({len(split.few_shot)}), their held-out twins or unusable; "
+            "lower --n-anomalies"
+        )
+    return split
 
 
 def prototype_rows(split: Split, share: float, seed: int) -> list[int]:
@@ -409,12 +441,19 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: readers never see half a file."""
+    """Write through a temporary file and a rename: readers never see half a file, and a
+    failed write (full disk, an interrupt) leaves no temporary file behind."""
     handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -455,23 +494,65 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 # ------------------------------------------------------------------------------- training
 
 
-def run(config: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any] | None:
-    """Train and evaluate; returns the metrics on rank 0 (None on other ranks)."""
+# What a run writes into its folder; ``overwrite`` removes these before starting afresh.
+RUN_OUTPUTS = ("checkpoint.pt", "metrics.json", "summary.md", "manifest.json", "recipe.json")
+
+
+def run(
+    config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any] | None:
+    """Train and evaluate; returns the metrics on rank 0 (None on other ranks).
+
+    A folder that already holds a run (a checkpoint or metrics) is refused unless ``resume``
+    continues its checkpoint or ``overwrite`` replaces it (its outputs are removed first),
+    so a finished run is never destroyed or mixed with another one's files by accident.
+    """
     out = Path(out_dir)
+    _check_out_dir(out, resume, overwrite)
     device = _resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     dist_ = _init_distributed(device)
     try:
-        return _run(config, out, resume, device, dist_)
+        return _run(config, out, resume, overwrite, device, dist_)
     finally:
         if dist_.world > 1:
             dist.destroy_process_group()
 
 
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} is a file")
+    resumable = resume and (out / "checkpoint.pt").is_file()
+    holds_run = (out / "checkpoint.pt").exists() or (out / "metrics.json").exists()
+    if holds_run and not resumable and not overwrite:
+        raise ValueError(
+            f"{str(out)!r} already holds a run (checkpoint.pt or metrics.json): pass --resume "
+            "to continue it, --overwrite to replace it, or choose another --out"
+        )
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's outputs, so none of them is mistaken for this run's."""
+    for name in RUN_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "heatmaps", ignore_errors=True)
+
+
 def _run(
-    config: TrainConfig, out: Path, resume: bool, device: torch.device, dist_: _Dist
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    device: torch.device,
+    dist_: _Dist,
 ) -> dict[str, Any] | None:
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
+    resuming = resume and checkpoint_path.is_file()
+    if dist_.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resuming:
+            _clear_run(out)
+        if resume and not resuming:
+            print(f"train_prn: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
 
@@ -493,13 +574,14 @@ def _run(
     model_config = config.model_config()
     channels = int(dataset.load(0).shape[0])  # what exports should expect
     start, payload = 0, None
-    if resume and checkpoint_path.exists():
+    if resuming:
         payload = load_checkpoint(checkpoint_path)
         _check_same_run(payload["config"], config, checkpoint_path)
         model_config = PRNConfig.from_dict(payload["model_config"])
     # On the training device before anything is fitted or loaded: prototype fitting then runs
     # on the GPU, and a resumed optimizer's state lands beside the parameters it belongs to.
     model = PRN(model_config, pretrained=config.pretrained, weights_path=config.weights)
+    model.input_channels = channels
     model.to(device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -524,6 +606,10 @@ def _run(
 
     network: torch.nn.Module = model
     if dist_.world > 1:
+        if device.type == "cuda":
+            # The head's BatchNorm then normalises over the global batch, as one process
+            # would; gloo (CPU) has no SyncBatchNorm, so there each process uses its share.
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         network = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -490,12 +491,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     The checkpoint is read with ``weights_only=True`` and its format version checked; the
     network is rebuilt from the stored config and every tensor (backbone, prototypes, head)
     is loaded with ``strict=True``, so nothing is downloaded and nothing is left at random.
+    A damaged file (failing its zip CRCs), an interrupted run's checkpoint, an unfitted
+    memory bank and non-finite weights are refused with the reason.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; give its checkpoint.pt")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives
         raise ValueError(f"{str(path)!r} is not a PRN checkpoint (not written by torch.save)")
+    _check_archive(path)
     try:
         payload = load_checkpoint(path)
     except ValueError as error:  # keep the first line: torch adds a page of advice
@@ -508,7 +514,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     missing = sorted(required - set(stored))
     if missing:
         raise ValueError(f"checkpoint {str(path)!r}: model_config lacks {missing}")
-    config = PRNConfig.from_dict(stored)
+    try:
+        config = PRNConfig.from_dict(stored)
+    except ValueError as error:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: its model_config does not fit this prn_model "
+            f"(written by another version?): {error}"
+        ) from None
+    step, steps = payload.get("step"), (payload.get("config") or {}).get("steps")
+    if isinstance(step, int) and isinstance(steps, int) and step < steps:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is from an unfinished run (step {step} of {steps}); "
+            "finish it with the recipe's --resume, or load a finished checkpoint"
+        )
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"checkpoint {str(path)!r}: tensor {name!r} holds NaN or inf")
     model = PRN(config, pretrained=False)
     try:
         model.load_state_dict(state, strict=True)
@@ -518,4 +540,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
         ) from None
     if not model.prototypes.is_fitted:
         raise ValueError(f"checkpoint {str(path)!r} holds a model whose prototypes are not fitted")
+    if model.memory_bank is not None and not model.memory_bank.is_fitted:
+        raise ValueError(f"checkpoint {str(path)!r} holds a memory bank that was never fitted")
+    channels = payload.get("channels")
+    model.input_channels = channels if channels in (1, 3) else None
     return model.to(torch.device(device)).eval()
+
+
+def _check_archive(path: Path) -> None:
+    """Read every member of the checkpoint's zip archive against its CRC: torch's reader does
+    not, so a damaged file would otherwise load with altered weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: {error}") from None
+    if damaged is not None:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: {damaged!r} fails its CRC check")

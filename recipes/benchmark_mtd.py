@@ -11,7 +11,8 @@ defect type.
     python recipes/benchmark_mtd.py                     # MTD, 3 seeds, best setting
     python recipes/benchmark_mtd.py --model prn_lite0_mtd   # MTD in the paper's setting
     python recipes/benchmark_mtd.py --dataset mvtec --root /data/mvtec --category bottle \
-        --report runs/bottle.md                         # the paper's MVTec setting
+        --out runs/bottle                               # the paper's MVTec setting; its
+                                                        # report: runs/bottle/report.md
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _one_run(kwargs: dict, out: str, queue) -> None:
     from prn_model.train import TrainConfig, run
 
     started = time.perf_counter()
-    metrics = run(TrainConfig(**kwargs), out)
+    metrics = run(TrainConfig(**kwargs), out, overwrite=True)  # a re-run replaces the seed's
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     metrics["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     queue.put(metrics)
@@ -321,8 +322,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         help="image: one grey-level mean and contrast for every image (docs/results.md)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="markdown file whose generated block is replaced (default: docs/results.md for "
+        "MTD, OUT/report.md for MVTec, so MVTec runs never replace the MTD results)",
+    )
     args = parser.parse_args(argv)
+    if args.report is None:
+        args.report = (
+            ROOT / "docs" / "results.md" if args.dataset == "mtd" else args.out / "report.md"
+        )
     args.model = model
     args.mix = (zoo["normal_weight"], zoo["seen_weight"], zoo["simulated_weight"])
     # Every option named like a TrainConfig field overrides the entry's value.

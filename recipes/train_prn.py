@@ -232,6 +232,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", type=Path, default=Path("runs/prn"), help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT already holds (its checkpoint, metrics, summary and heatmaps "
+        "are removed first); without it such an OUT is refused",
+    )
     parser.add_argument("--stop-at-step", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     values = {
@@ -242,14 +248,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     values["use_residuals"] = defaults.use_residuals and not args.no_residuals
     if args.mix is not None:
         values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
-    return TrainConfig(**values), args.out, args.resume
+    return TrainConfig(**values), args.out, args.resume, args.overwrite
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config, out, resume = parse_args(argv)
-        metrics = run(config, out, resume=resume)
-    except (ValueError, FileNotFoundError) as error:
+        config, out, resume, overwrite = parse_args(argv)
+        metrics = run(config, out, resume=resume, overwrite=overwrite)
+    except (ValueError, OSError) as error:
         print(f"train_prn: error: {error}", file=sys.stderr)
         return 2
     if metrics is not None:

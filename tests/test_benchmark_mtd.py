@@ -41,8 +41,10 @@ def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: P
         "prn_lite0_mtd_normalised", root=str(tmp_path), textures=str(tmp_path)
     )
     assert settings == {**default.to_dict(), "split_by": "group"}
+    assert args.report.parts[-2:] == ("docs", "results.md")
     args, settings = parse_args([*root, "--dataset", "mvtec", "--category", "bottle"])
     assert args.model == "prn_resnet18_mvtec" and settings["backbone"] == "resnet18"
+    assert args.report == args.out / "report.md"  # MVTec never replaces the MTD results
     assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"
 
 

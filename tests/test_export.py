@@ -52,7 +52,7 @@ def _images(n: int, channels: int = 3, size: int = 64, seed: int = 5) -> torch.T
 
 
 def test_deployable_module_matches_predict(model: PRN):
-    images = _images(3)
+    images = _images(3, channels=1)
     scores, maps = DeployablePRN(model)(images)
     expected_scores, expected_maps = model.predict(images)
     assert torch.equal(scores, expected_scores) and torch.equal(maps, expected_maps)
@@ -63,15 +63,15 @@ def test_deployable_module_matches_predict(model: PRN):
 def test_export_matches_eager_model(model: PRN, exports: dict[str, Path], kind: str):
     path = exports[kind]
     assert verify_export(model, path) < ATOL  # 3 random images; the trace used 2
-    assert verify_export(model, path, _images(5, seed=9)) < ATOL
+    assert verify_export(model, path, _images(5, channels=1, seed=9)) < ATOL
     metadata = read_metadata(path)
     assert metadata["format"] == kind
-    assert (metadata["channels"], metadata["image_size"]) == (3, 64)
+    assert (metadata["channels"], metadata["image_size"]) == (1, 64)  # as trained (demo: grey)
     assert metadata["prn_config"] == model.config.to_dict()
 
 
 def test_exported_files_run_on_their_own(model: PRN, exports: dict[str, Path]):
-    images = _images(4, seed=3)
+    images = _images(4, channels=1, seed=3)
     expected_scores, expected_maps = model.predict(images)
     module = torch.jit.load(str(exports["torchscript"]))
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_exported_files_run_on_their_own(model: PRN, exports: dict[str, Path]):
     onnx.checker.check_model(str(exports["onnx"]), full_check=True)
     session = onnxruntime.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
     (graph_input,) = session.get_inputs()
-    assert graph_input.name == "images" and graph_input.shape[1:] == [3, 64, 64]
+    assert graph_input.name == "images" and graph_input.shape[1:] == [1, 64, 64]
     assert not isinstance(graph_input.shape[0], int)  # dynamic batch
     onnx_scores, onnx_maps = session.run(["scores", "maps"], {"images": images.numpy()})
     torch.testing.assert_close(torch.from_numpy(onnx_scores), expected_scores, atol=ATOL, rtol=0)
@@ -173,3 +173,21 @@ def test_command_line(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Capt
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tiny_checkpoint), "--format", "tflite", "--out", str(out)])
+
+
+def test_command_line_keeps_the_old_file_when_the_export_is_rejected(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "prn.pt"
+    out.write_bytes(b"the previous, accepted export")
+    # A negative tolerance rejects every export: nothing may replace the old file.
+    code = main(
+        [str(tiny_checkpoint), "--format", "torchscript", "--out", str(out), "--atol", "-1"]
+    )
+    assert code == 1 and "was not written" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous, accepted export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prn.pt"]  # no staging file left
+    folder = tmp_path / "folder.pt"
+    folder.mkdir()
+    assert main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -57,7 +57,9 @@ def test_writes_scores_and_heatmaps_and_reports_corrupt_image(
     assert broken["score"] == "" and broken["anomalous"] == "" and "broken.png" in broken["error"]
 
     model = load_model(tiny_checkpoint)
-    images = [load_image(image_dir / name) for name in ("a.png", "b.png", "c.jpg")]
+    # The demo model is grayscale: colour files are scored as their luma.
+    names = ("a.png", "b.png", "c.jpg")
+    images = [load_image(image_dir / name, grayscale=True) for name in names]
     expected, _ = model.predict(images)
     scored = [row for row in rows if not row["error"]]
     scores = torch.tensor([float(row["score"]) for row in scored])
@@ -115,3 +117,40 @@ def test_module_entry_point(tmp_path: Path, image_dir: Path):
     assert result.stderr.strip().splitlines() == [
         f"prn-predict: error: checkpoint {str(tmp_path / 'missing.pt')!r} does not exist"
     ]
+
+
+def test_colour_files_are_read_as_a_grayscale_model_was_trained(
+    tiny_checkpoint: Path, tmp_path: Path
+):
+    """A colour file given to a grayscale model is scored as its luma, not refused or mixed."""
+    from prn_model.predict import predict_folder
+
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(folder / "colour.png")
+    model = load_model(tiny_checkpoint)
+    model.input_channels = 1
+    rows = predict_folder(model, folder, tmp_path / "out", heatmaps=False)
+    grey = load_image(folder / "colour.png", grayscale=True)
+    expected, _ = model.predict([grey])
+    assert rows[0]["error"] == "" and float(rows[0]["score"]) == pytest.approx(
+        float(expected[0]), abs=1e-6
+    )
+
+
+def test_files_left_out_are_named_and_earlier_results_are_not_mixed_in(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(image_dir), "--out", str(out)]
+    assert main(argv) == 1  # broken.png cannot be read
+    err = capsys.readouterr().err
+    assert "not scored: c.png: taken as the mask of c.jpg" in err
+    assert "not scored: b_mask.png: a mask" in err
+    assert "not scored: notes.txt: not an image type" in err
+    assert main(argv) == 2 and "holds earlier results" in capsys.readouterr().err
+    (image_dir / "a.png").unlink()
+    assert main([*argv, "--overwrite"]) == 1
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["b.png.png", "c.jpg.png"]

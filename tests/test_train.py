@@ -179,7 +179,7 @@ def test_original_weight_adds_the_few_shot_images_to_the_mix(tmp_path):
     assert len(build_transform(tiny_train_config(), split).transforms) == 3  # the paper's mix
     with pytest.raises(ValueError, match="original_weight"):
         tiny_train_config(original_weight=-1)
-    config, _, _ = parse_args(["--original-weight", "0.25"])
+    config, *_ = parse_args(["--original-weight", "0.25"])
     assert config.original_weight == 0.25
 
 
@@ -202,12 +202,12 @@ def test_augmented_original_weight_adds_anomalies_on_top_of_the_few_shot_images(
         assert not torch.equal(combined, original)
     with pytest.raises(ValueError, match="augmented_original_weight"):
         tiny_train_config(augmented_original_weight=float("nan"))
-    config, _, _ = parse_args(["--augmented-original-weight", "0.25"])
+    config, *_ = parse_args(["--augmented-original-weight", "0.25"])
     assert config.augmented_original_weight == 0.25
 
 
 def test_prototype_ratio_sets_the_number_of_prototypes(tmp_path):
-    config = tiny_train_config(prototype_ratio=0.5, stop_at_step=2)
+    config = tiny_train_config(prototype_ratio=0.5, steps=2, stop_at_step=2)
     run(config, tmp_path / "run")
     model = load_model(tmp_path / "run" / "checkpoint.pt")
     n_normal = len(json.loads((tmp_path / "run" / "manifest.json").read_text())["train_normal"])
@@ -233,7 +233,7 @@ def test_prototype_rows_take_whole_tiles(tiled_records):  # noqa: F811
 
 
 def test_prototype_share_fits_the_prototypes_on_fewer_images(tmp_path):
-    config = tiny_train_config(prototype_ratio=0.5, prototype_share=0.5, stop_at_step=2)
+    config = tiny_train_config(prototype_ratio=0.5, prototype_share=0.5, steps=2, stop_at_step=2)
     run(config, tmp_path / "run")
     model = load_model(tmp_path / "run" / "checkpoint.pt")
     n_normal = len(json.loads((tmp_path / "run" / "manifest.json").read_text())["train_normal"])
@@ -241,17 +241,19 @@ def test_prototype_share_fits_the_prototypes_on_fewer_images(tmp_path):
     for bad in (0, 1.5, True, float("nan")):
         with pytest.raises(ValueError, match="prototype_share"):
             tiny_train_config(prototype_share=bad)
-    config, _, _ = parse_args(["--prototype-share", "0.5"])
+    config, *_ = parse_args(["--prototype-share", "0.5"])
     assert config.prototype_share == 0.5
 
 
 def test_patch_matching_run_writes_a_loadable_checkpoint(tmp_path):
-    config = tiny_train_config(prototype_matching="patch", patch_prototypes=8, stop_at_step=2)
+    config = tiny_train_config(
+        prototype_matching="patch", patch_prototypes=8, steps=2, stop_at_step=2
+    )
     run(config, tmp_path / "run")
     model = load_model(tmp_path / "run" / "checkpoint.pt")
     assert model.config.prototype_matching == "patch"
     assert [p.shape[0] for p in model.prototypes.prototypes] == [8, 8, 8]
-    scores, maps = model.predict(torch.rand(2, 3, 80, 72))
+    scores, maps = model.predict(torch.rand(2, 1, 80, 72))  # grayscale, as trained
     assert scores.shape == (2,) and maps.shape == (2, 1, 80, 72)
 
 
@@ -263,7 +265,7 @@ def test_memory_bank_run_fits_saves_and_reloads_the_bank(tmp_path):
     bank = model.memory_bank
     assert bank.is_fitted and bank.bank.shape == (40, 128 + 256)  # resnet18 strides 8 + 16
     assert bank.weight == 0.25 and model.config.memory_bank_size == 40
-    scores, maps = model.predict(torch.rand(2, 3, 64, 64))
+    scores, maps = model.predict(torch.rand(2, 1, 64, 64))  # the demo data are grayscale
     assert scores.shape == (2,) and ((maps >= 0) & (maps <= 1)).all()
     # the bank is fitted after training, so the last checkpoint holds it: resuming a finished
     # run re-evaluates the same model
@@ -284,7 +286,7 @@ def test_memory_bank_split_is_seeded_disjoint_and_complete():
 
 
 def test_recipe_parses_ablation_switches():
-    config, out, _ = parse_args(
+    config, out, *_ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
         + ["--simulated", "self_texture", "band", "--prototype-matching", "patch"]
         + ["--band-sides", "top", "bottom"]
@@ -305,9 +307,9 @@ def test_recipe_parses_ablation_switches():
 
 
 def test_model_option_starts_from_a_zoo_entry_and_options_override_it(capsys):
-    config, _, _ = parse_args(["--model", "prn_lite0_mtd_normalised", "--root", "/data"])
+    config, *_ = parse_args(["--model", "prn_lite0_mtd_normalised", "--root", "/data"])
     assert config == zoo.train_config("prn_lite0_mtd_normalised", root="/data")
-    config, _, _ = parse_args(
+    config, *_ = parse_args(
         ["--model", "prn_lite0_mtd_band", "--root", "/data", "--steps", "7", "--mix", "1", "1", "0"]
         + ["--no-residuals", "--seed", "3"]
     )
@@ -410,3 +412,58 @@ def test_real_mtd_run_learns_and_does_not_leak(shared_data, tmp_path):
     # Far above chance after a short run on 2 CPU cores (full runs: docs/results.md).
     assert metrics["image_auroc"] > REAL_MIN_IMAGE_AUROC
     assert metrics["pixel_auroc"] > REAL_MIN_PIXEL_AUROC
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny_train_config(steps=2, heatmaps=1), out)
+    finished = load_checkpoint(out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="already holds a run.*--overwrite"):
+        run(tiny_train_config(steps=2, seed=1, stop_at_step=1), out)
+    assert torch.equal(
+        load_checkpoint(out / "checkpoint.pt")["model"]["decoder.logit.bias"],
+        finished["model"]["decoder.logit.bias"],
+    )  # untouched
+    # Overwriting removes every output of the old run first: none can pass for the new one's.
+    run(tiny_train_config(steps=2, seed=1, stop_at_step=1, checkpoint_every=1), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "manifest.json",
+        "recipe.json",
+    ]
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["seed"] == 1
+
+    fresh = tmp_path / "fresh"
+    run(tiny_train_config(steps=2, stop_at_step=1), fresh, resume=True)
+    assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run(tiny_train_config(), tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"num_workers": -1}, "num_workers must be >= 0"),
+        ({"device": "foo"}, "device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_options_fail_before_any_data_is_read(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_train_config(**overrides)
+
+
+def test_failed_text_write_leaves_nothing_behind(tmp_path):
+    from prn_model.train import _write_text_atomic
+
+    with pytest.raises(UnicodeEncodeError):
+        _write_text_atomic(tmp_path / "metrics.json", "\udc80")  # not encodable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_test_set_without_anomalies_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no anomalous images left.*lower --n-anomalies"):
+        run(tiny_train_config(n_anomalies=60), tmp_path / "run")  # every demo anomaly

@@ -146,7 +146,7 @@ def test_load_model_round_trip_matches_in_memory_model(tmp_path: Path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = zoo.train_config("prn_lite0", backbone="resnet18", image_size=64, pretrained=False)
     path = tmp_path / "checkpoint.pt"
-    _save_checkpoint(path, model, optimizer, scheduler, 1, config, Normal(), 3)
+    _save_checkpoint(path, model, optimizer, scheduler, config.steps, config, Normal(), 3)
 
     loaded = zoo.load_model(path)
     assert not loaded.training
@@ -164,7 +164,8 @@ def test_load_model_of_recipe_checkpoint(tiny_checkpoint: Path):
     assert model.config.to_dict() == payload["model_config"]
     state = model.state_dict()
     assert all(torch.equal(state[key], value) for key, value in payload["model"].items())
-    scores, maps = model.predict(_images(2))
+    assert model.input_channels == payload["channels"] == 1  # the demo data are grayscale
+    scores, maps = model.predict(_images(2, channels=1))
     assert scores.shape == (2,) and maps.shape == (2, 1, 64, 64)
     assert torch.isfinite(maps).all()
 
@@ -196,3 +197,50 @@ def test_load_model_rejects_files_that_are_not_prn_checkpoints(
     torch.save(payload, broken)
     with pytest.raises(ValueError, match="decoder.logit.bias"):
         zoo.load_model(broken)
+
+
+def test_load_model_refuses_damaged_unfinished_and_non_finite_checkpoints(
+    tmp_path: Path, tiny_checkpoint: Path
+):
+    with pytest.raises(ValueError, match="is a folder"):
+        zoo.load_model(tmp_path)
+    damaged = tmp_path / "damaged.pt"
+    data = bytearray(tiny_checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(b ^ 0xFF for b in data[middle : middle + 4096])
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.pt.*damaged"):
+        zoo.load_model(damaged)
+
+    payload = load_checkpoint(tiny_checkpoint)
+    payload["step"] = 1
+    unfinished = tmp_path / "unfinished.pt"
+    torch.save(payload, unfinished)
+    with pytest.raises(ValueError, match="unfinished run \\(step 1 of 2\\)"):
+        zoo.load_model(unfinished)
+
+    payload = load_checkpoint(tiny_checkpoint)
+    payload["model"]["decoder.logit.bias"] = torch.full_like(
+        payload["model"]["decoder.logit.bias"], float("nan")
+    )
+    poisoned = tmp_path / "nan.pt"
+    torch.save(payload, poisoned)
+    with pytest.raises(ValueError, match="'decoder.logit.bias' holds NaN or inf"):
+        zoo.load_model(poisoned)
+
+    payload = load_checkpoint(tiny_checkpoint)
+    payload["model_config"]["top_k"] = "many"
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(ValueError, match="newer.pt.*does not fit this prn_model"):
+        zoo.load_model(newer)
+
+
+def test_grayscale_model_refuses_colour_images(tiny_checkpoint: Path):
+    model = zoo.load_model(tiny_checkpoint)
+    assert model.input_channels == load_checkpoint(tiny_checkpoint)["channels"]
+    model.input_channels = 1
+    with pytest.raises(ValueError, match=r"trained on grayscale.*images\[0\] has 3 channels"):
+        model.predict(torch.rand(1, 3, 64, 64))
+    scores, _ = model.predict(torch.rand(2, 1, 64, 64))
+    assert scores.shape == (2,)
