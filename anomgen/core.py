@@ -137,6 +137,8 @@ def to_tensor_image(image: Any) -> tuple[torch.Tensor, _InputKind]:
             )
         if image.shape[-1] < 2 or image.shape[-2] < 2:
             raise ValueError(f"images must be at least 2x2, got {tuple(image.shape)}")
+        if image.ndim == 4 and image.shape[0] == 0:
+            raise ValueError(f"the batch is empty: {tuple(image.shape)}")
         low, high = torch.aminmax(image)  # NaN fails both tests; faster than isfinite
         if not (bool(low >= 0) and bool(high <= 1)):
             raise ValueError(

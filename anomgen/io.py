@@ -245,6 +245,11 @@ class AnomalyPool:
                 raise ValueError("in-memory anomaly pools need one mask tensor per image")
             self.names = [f"anomaly_{i}" for i in range(len(images))]
             self.images = [_checked_tensor(t, f"anomaly image {i}") for i, t in enumerate(images)]
+            for i, mask in enumerate(masks):
+                if not isinstance(mask, torch.Tensor):
+                    raise ValueError(
+                        f"mask {i} must be a (1,H,W) tensor, got {type(mask).__name__}"
+                    )
             self.masks = [(m > 0.5).float() for m in masks]
         if not self.images:
             raise ValueError("an anomaly pool needs at least one anomalous image")

@@ -317,3 +317,14 @@ def test_real_anomaly_image_declares_it_replaces_the_ground():
     from anomgen.transforms.seen import RealAnomalyImage
 
     assert RealAnomalyImage.preserves_outside is False
+
+
+def test_empty_batch_and_bad_functional_input_are_named():
+    from anomgen.functional.cutpaste import cut_paste
+
+    with pytest.raises(ValueError, match="the batch is empty"):
+        PerlinTexturePaste()(torch.rand(0, 3, 16, 16), seed=0)
+    with pytest.raises(ValueError, match=r"finite values in \[0, 1\]"):
+        cut_paste(torch.rand(3, 16, 16) * 2, (0, 0, 4, 4), (8, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"C in \{1,3\}"):
+        cut_paste(torch.rand(4, 16, 16), (0, 0, 4, 4), (8, 8, 4, 4))

@@ -59,3 +59,10 @@ def test_texture_pool_caches_per_texture_and_stays_bounded():
         assert torch.equal(drawn, fresh.get(height % 3, (height, 24), 1, torch.device("cpu")))
         assert len(pool._resized) <= 4 * len(textures)
     assert len(pool._resized) == 4 * len(textures)
+
+
+def test_in_memory_pool_names_a_mask_of_the_wrong_type():
+    import torch
+
+    with pytest.raises(ValueError, match="mask 0 must be a \\(1,H,W\\) tensor, got ndarray"):
+        AnomalyPool([torch.rand(1, 8, 8)], [np.ones((1, 8, 8))])

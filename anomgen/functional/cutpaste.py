@@ -26,9 +26,11 @@ _LUMA = (0.2989, 0.587, 0.114)
 
 
 def _check_image(image: Any) -> None:
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim != 3:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a float (C,H,W) tensor, got {shape}")
+    """The shared check (shape, channels, dtype, range, NaN); imported here because
+    ``geometry`` imports this module."""
+    from anomgen.functional.geometry import check_image
+
+    check_image(image)
 
 
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
