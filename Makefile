@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) recipes/train_prn.py
+	$(PY) recipes/train_prn.py --overwrite  # rerunnable: replaces the last demo run
 
 lint: install
 	$(PY) -m ruff check .

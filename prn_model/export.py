@@ -371,10 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             difference = verify_export(model, staging)
             if not difference <= args.atol:  # NaN fails too
                 raise _Rejected(difference)
-    except _Rejected:
+    except _Rejected as rejected:
         print(
             f"prn_model.export: error: the export differs from the eager model by "
-            f"{difference:.3g} (> --atol {args.atol:g}); {args.out} was not written",
+            f"{rejected.args[0]:.3g} (> --atol {args.atol:g}); {args.out} was not written",
             file=sys.stderr,
         )
         return 1
