@@ -25,9 +25,7 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prn_model.atomic import staged_file
 from prn_model.network import PRN
 
 __all__ = [
@@ -146,7 +145,7 @@ def export_torchscript(
     with _eval_mode(model), torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(DeployablePRN(model), images, check_trace=False)
     metadata = json.dumps(_metadata(model, images, "torchscript"))
-    with _staged(path) as staging:
+    with staged_file(path) as staging:
         torch.jit.save(traced, str(staging), _extra_files={_METADATA_KEY: metadata})
     return path
 
@@ -194,7 +193,7 @@ def export_onnx(
     path = _output_path(path)
     images = _example_images(model, example_size)
     batch_axis = {0: "batch"}
-    with _staged(path) as staging:
+    with staged_file(path) as staging:
         with (
             _eval_mode(model),
             torch.no_grad(),
@@ -235,23 +234,6 @@ def _output_path(path: str | Path) -> Path:
     if path.is_dir():
         raise ValueError(f"output {str(path)!r} is a folder; give a file name")
     return path
-
-
-@contextlib.contextmanager
-def _staged(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` (same suffix, which names the format) that replaces
-    ``path`` only when the block succeeds: no half-written or rejected export is left."""
-    handle, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(handle)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Rejected(Exception):
@@ -363,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         example = (_TRACE_BATCH, channels, model.config.image_size, model.config.image_size)
         out = _output_path(args.out)
         # Exported and verified beside OUT, moved into place only if it passes.
-        with _staged(out) as staging:
+        with staged_file(out) as staging:
             if args.format == "onnx":
                 export_onnx(model, staging, opset=args.opset, example_size=example)
             else:

@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from anomgen.io import IMAGE_SUFFIXES, list_images
 from anomgen.preview import save_png_atomic
+from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
 from prn_model.visualize import heatmap_overlay
@@ -34,22 +34,6 @@ from prn_model.zoo import load_model
 __all__ = ["main", "predict_folder"]
 
 MASK_SUFFIX = "_mask"
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    """Write through a temporary file and a rename: never a half-written CSV.
-
-    The temporary file is opened normally (not with mkstemp, which makes it private to the
-    user), so the CSV gets the usual permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", newline="") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _save_heatmap(image: torch.Tensor, heat: torch.Tensor, path: Path) -> None:
@@ -133,7 +117,7 @@ def predict_folder(
     writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text_atomic(text.getvalue(), out / "scores.csv")
+    write_text_atomic(out / "scores.csv", text.getvalue())
     return rows
 
 

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from anomgen.transforms import (
     SeenAnomalyPaste,
 )
 from anomgen.transforms.seen import POSITIONS
+from prn_model.atomic import staged_file, write_text_atomic
 from prn_model.data import (
     SPLIT_UNITS,
     Record,
@@ -419,16 +419,9 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """torch.save through a temporary file and a rename: never a half-written checkpoint."""
-    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    """torch.save through a staged file: never a half-written checkpoint."""
+    with staged_file(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -438,22 +431,6 @@ def _nan_to_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: readers never see half a file, and a
-    failed write (full disk, an interrupt) leaves no temporary file behind."""
-    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -601,8 +578,8 @@ def _run(
         normals = torch.stack([dataset.load(row) for row in rows])
         model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
     if dist_.main:
-        _write_text_atomic(out / "manifest.json", split.to_json())
-        _write_text_atomic(out / "recipe.json", json.dumps(transform.to_dict(), indent=2))
+        write_text_atomic(out / "manifest.json", split.to_json())
+        write_text_atomic(out / "recipe.json", json.dumps(transform.to_dict(), indent=2))
 
     network: torch.nn.Module = model
     if dist_.world > 1:
@@ -664,8 +641,8 @@ def _run(
     metrics["world_size"] = dist_.world
     metrics["rank_fingerprints"] = fingerprints
     metrics["environment"] = run_environment(device)
-    _write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
-    _write_text_atomic(out / "summary.md", _summary(metrics, config, split))
+    write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
+    write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
 
 

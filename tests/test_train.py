@@ -457,10 +457,10 @@ def test_bad_options_fail_before_any_data_is_read(overrides, message):
 
 
 def test_failed_text_write_leaves_nothing_behind(tmp_path):
-    from prn_model.train import _write_text_atomic
+    from prn_model.atomic import write_text_atomic
 
     with pytest.raises(UnicodeEncodeError):
-        _write_text_atomic(tmp_path / "metrics.json", "\udc80")  # not encodable
+        write_text_atomic(tmp_path / "metrics.json", "\udc80")  # not encodable
     assert list(tmp_path.iterdir()) == []
 
 
