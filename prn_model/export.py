@@ -11,6 +11,11 @@ images of other sizes is left to the caller (``PRN.predict`` uses antialiased bi
 Both exports trace the eager model once, so Python-side branches (input checks, the "fitted"
 flag, shape arithmetic) are fixed for the exported size; ``verify_export`` runs the exported
 file and the eager model on the same images, with a batch size other than the traced one.
+Tracing drops ``PRN.predict``'s input checks, so each format checks input its own way:
+TorchScript wraps the traced graph in a scripted ``CheckedInput`` that raises on a wrong shape,
+dtype or value range (0..255, NaN); ONNX fixes C, H and W in the graph's input, which
+onnxruntime enforces along with the dtype, but it cannot raise on values: out-of-range values
+are clamped to [0, 1], so 0..255 images give wrong maps without an error.
 
 ONNX goes through the TorchScript-based exporter (``dynamo=False``): the dynamo exporter
 needs ``onnxscript``, which is not a dependency. That exporter cannot convert
@@ -36,9 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from prn_model.atomic import staged_file
-from prn_model.network import PRN
+from prn_model.network import _RANGE_TOLERANCE, PRN
 
 __all__ = [
+    "CheckedInput",
     "DeployablePRN",
     "export_onnx",
     "export_torchscript",
@@ -69,6 +75,33 @@ class DeployablePRN(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         maps = self.model.anomaly_map(images.clamp(0.0, 1.0))
         return self.model.image_score(maps), maps
+
+
+class CheckedInput(nn.Module):
+    """Scripted guard in front of a traced ``DeployablePRN``: the checks ``PRN.predict`` makes,
+    which a trace cannot record, raised inside the TorchScript file itself."""
+
+    def __init__(self, traced: nn.Module, channels: int, size: int) -> None:
+        super().__init__()
+        self.traced = traced
+        self.channels, self.size, self.tolerance = channels, size, _RANGE_TOLERANCE
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        expected = (self.channels, self.size, self.size)
+        if images.dim() != 4 or images.size(0) == 0 or images.shape[1:] != list(expected):
+            raise ValueError(
+                f"images must be (B >= 1, {self.channels}, {self.size}, {self.size}), "
+                f"got {images.shape}"
+            )
+        if images.dtype != torch.float32:
+            raise ValueError("images must be a float32 tensor with values in [0, 1]")
+        low, high = torch.aminmax(images)
+        if not (bool(low >= -self.tolerance) and bool(high <= 1.0 + self.tolerance)):
+            raise ValueError(
+                f"images must hold finite values in [0, 1] (not 0..255), got values in "
+                f"[{low.item()}, {high.item()}]"
+            )
+        return self.traced(images)
 
 
 def _check_model(model: Any) -> PRN:
@@ -132,7 +165,8 @@ def _quiet_tracer() -> Iterator[None]:
 def export_torchscript(
     model: PRN, path: str | Path, example_size: Sequence[int] | None = None
 ) -> Path:
-    """Trace ``model`` to a TorchScript file (``torch.jit.load`` reads it back).
+    """Trace ``model`` to a TorchScript file (``torch.jit.load`` reads it back), behind a
+    ``CheckedInput`` guard that raises on input of another shape, dtype or value range.
 
     ``example_size`` is the (B, C, H, W) of the traced batch, default (2, C, S, S) with the
     model's training channels (3 where unknown); only C matters to the result (see the module
@@ -144,9 +178,10 @@ def export_torchscript(
     images = _example_images(model, example_size)
     with _eval_mode(model), torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(DeployablePRN(model), images, check_trace=False)
+    checked = torch.jit.script(CheckedInput(traced, images.shape[1], images.shape[2]))
     metadata = json.dumps(_metadata(model, images, "torchscript"))
     with staged_file(path) as staging:
-        torch.jit.save(traced, str(staging), _extra_files={_METADATA_KEY: metadata})
+        torch.jit.save(checked, str(staging), _extra_files={_METADATA_KEY: metadata})
     return path
 
 

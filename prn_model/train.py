@@ -19,6 +19,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
 SIMULATION_STRATEGIES = tuple(_SIMULATIONS)
 # Keys that may differ between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
+# DDP's stride warning for a (C, 1, kh, kw) gradient (re.match, DOTALL: the message spans lines).
+_DEPTHWISE_STRIDES_WARNING = (
+    r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]"
+)
 
 
 @dataclass
@@ -587,6 +592,10 @@ def _run(
             # The head's BatchNorm then normalises over the global batch, as one process
             # would; gloo (CPU) has no SyncBatchNorm, so there each process uses its share.
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # CPU kernels return the depthwise convolutions' weight gradients (C, 1, 3, 3) with
+        # another stride on the size-1 axis than the parameter: the same memory layout, yet
+        # DDP warns once per rank. Only that case is silenced.
+        warnings.filterwarnings("ignore", message=_DEPTHWISE_STRIDES_WARNING, category=UserWarning)
         network = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

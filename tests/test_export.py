@@ -90,6 +90,35 @@ def test_exported_files_run_on_their_own(model: PRN, exports: dict[str, Path]):
     torch.testing.assert_close(torch.from_numpy(onnx_maps), expected_maps, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (_images(2, channels=3), r"must be \(B >= 1, 1, 64, 64\), got \[2, 3, 64, 64\]"),
+        (_images(2, channels=1, size=32), r"got \[2, 1, 32, 32\]"),
+        (_images(1, channels=1)[0], r"got \[1, 64, 64\]"),
+        (_images(0, channels=1), r"B >= 1"),
+        (_images(2, channels=1).double(), "float32"),
+        (_images(2, channels=1) * 255, r"not 0\.\.255\), got values in \[0\.\d+, 25\d\.\d+\]"),
+        (torch.full((2, 1, 64, 64), float("nan")), r"finite values in \[0, 1\]"),
+    ],
+)
+def test_torchscript_export_rejects_bad_input(
+    exports: dict[str, Path], images: torch.Tensor, message: str
+):
+    """A trace records no Python checks: the scripted guard raises instead of scoring garbage."""
+    module = torch.jit.load(str(exports["torchscript"]))
+    with pytest.raises(torch.jit.Error, match=message), torch.no_grad():
+        module(images)
+
+
+def test_onnx_export_rejects_a_wrong_shape(exports: dict[str, Path]):
+    """The ONNX graph fixes C, H and W (only the batch is dynamic); onnxruntime enforces them."""
+    session = onnxruntime.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
+    for images in (_images(2, channels=3), _images(2, channels=1, size=32)):
+        with pytest.raises(Exception, match="(?i)invalid|dimension"):
+            session.run(["scores", "maps"], {"images": images.numpy()})
+
+
 def test_verify_export_detects_a_different_model(model: PRN, exports: dict[str, Path]):
     changed = copy.deepcopy(model)
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from prn_model.data import load_image
-from prn_model.predict import main
+from prn_model.predict import PARTIAL_INFO, _fingerprint, main
 from prn_model.zoo import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +155,86 @@ def test_files_left_out_are_named_and_earlier_results_are_not_mixed_in(
     (image_dir / "a.png").unlink()
     assert main([*argv, "--overwrite"]) == 1
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["b.png.png", "c.jpg.png"]
+
+
+def test_an_interrupted_run_keeps_its_rows_and_resumes(
+    tiny_checkpoint: Path,
+    image_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from prn_model.network import PRN
+
+    reference = tmp_path / "reference"
+    argv = [str(tiny_checkpoint), str(image_dir), "--batch-size", "1", "--threshold", "0.01"]
+    assert main([*argv, "--out", str(reference)]) == 1  # broken.png
+    expected = _read_csv(reference / "scores.csv")
+
+    scored: list[int] = []
+    original = PRN.predict
+
+    def interrupted_after_one(self: PRN, images, batch_size=8):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append(len(images))
+        return original(self, images, batch_size)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(PRN, "predict", interrupted_after_one)
+    assert main([*argv, "--out", str(out)]) == 130
+    assert "rerun with --resume" in capsys.readouterr().err
+    assert not (out / "scores.csv").exists()
+    assert [row["file"] for row in _read_csv(out / "scores.partial.csv")] == ["a.png"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "holds an interrupted run" in capsys.readouterr().err
+
+    calls: list[int] = []
+
+    def counted(self: PRN, images, batch_size=8):
+        calls.append(len(images))
+        return original(self, images, batch_size)
+
+    monkeypatch.setattr(PRN, "predict", counted)
+    assert main([*argv, "--out", str(out), "--threshold", "0.5", "--resume"]) == 2
+    assert "started with another threshold" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out), "--resume"]) == 1
+    assert "resuming: 1 images already scored" in capsys.readouterr().err
+    assert calls == [1, 1]  # b.png and c.jpg; a.png was kept, broken.png fails to load
+    rows = _read_csv(out / "scores.csv")
+    assert rows == expected
+    assert sorted(p.name for p in out.iterdir()) == ["heatmaps", "scores.csv"]
+    assert len(list((out / "heatmaps").iterdir())) == 3
+
+    assert main([*argv, "--out", str(out), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_resume_rescores_a_cut_off_row_and_starts_afresh_without_a_partial_run(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    (image_dir / "broken.png").unlink()
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(image_dir), "--out", str(out), "--no-heatmaps"]
+    assert main([*argv, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    expected = _read_csv(out / "scores.csv")
+
+    # A run killed while writing its second row: the cut-off row is scored again.
+    lines = (out / "scores.csv").read_text().splitlines()
+    (out / "scores.csv").unlink()
+    (out / "scores.partial.csv").write_text("\n".join(lines[:2]) + "\n" + lines[2][:6])
+    settings = {
+        "model": _fingerprint(load_model(tiny_checkpoint)),
+        "images_dir": str(image_dir.resolve()),
+        "threshold": None,
+        "heatmaps": False,
+    }
+    (out / PARTIAL_INFO).write_text(json.dumps(settings))
+    assert main([*argv, "--resume"]) == 0
+    assert "resuming: 1 images already scored" in capsys.readouterr().err
+    assert _read_csv(out / "scores.csv") == expected
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--resume", "--overwrite"])
+    assert exit_info.value.code == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prn_model import train as train_module
 from prn_model import zoo
 from prn_model.data import make_split
 from prn_model.network import PRN
@@ -376,10 +378,23 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Grad strides" not in result.stderr  # the depthwise layout warning is silenced
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     first, second = metrics["rank_fingerprints"]
     assert first == second and first > 0
+
+
+def test_ddp_stride_warning_filter_is_limited_to_depthwise_gradients():
+    """Only the (C, 1, k, k) case, whose layouts are the same memory, is silenced."""
+    template = (
+        "Grad strides do not match bucket view strides. This may indicate ...\n"
+        "grad.sizes() = [{}], strides() = [9, 1, 3, 1]\nbucket_view.sizes() = ..."
+    )
+    pattern = re.compile(train_module._DEPTHWISE_STRIDES_WARNING, re.I)
+    assert pattern.match(template.format("64, 1, 3, 3"))
+    assert not pattern.match(template.format("64, 3, 3, 3"))
+    assert not pattern.match(template.format("64, 16"))
 
 
 def test_real_mtd_run_learns_and_does_not_leak(shared_data, tmp_path):
