@@ -259,7 +259,10 @@ class AnomalyPool:
                     f"mask of {name!r} has shape {tuple(mask.shape)}, image {tuple(image.shape)}"
                 )
             if not bool(mask.any()):
-                raise ValueError(f"mask of {name!r} is empty: it marks no defect to paste")
+                raise ValueError(
+                    f"mask of {name!r} is empty: it marks no defect, so the image is not an "
+                    "anomaly example (leave it out of the pool)"
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -286,6 +289,9 @@ def _checked_tensor(tensor: Any, what: str) -> torch.Tensor:
 
 def _find_anomaly_files(images: Path, masks: Path | None) -> list[tuple[Path, Path]]:
     """Pair each anomalous image with its mask, failing on the first image without one."""
+    if masks is not None and not masks.is_dir():
+        problem = "is not a folder" if masks.exists() else "does not exist"
+        raise FileNotFoundError(f"mask folder {str(masks)!r} {problem}")
     files = list_images(images, exclude_suffix="_mask")
     pairs = []
     for file in files:

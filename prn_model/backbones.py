@@ -64,8 +64,9 @@ WEIGHT_URLS: dict[str, str] = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (typically: offline)."""
+class WeightsUnavailableError(OSError):
+    """Pretrained weights are neither cached nor downloadable (typically: offline). An
+    OSError, like the failed download behind it, so command lines report it in one line."""
 
 
 class WeightsLoadError(ValueError):

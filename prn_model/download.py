@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -195,14 +196,20 @@ def download_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m prn_model.download", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("--root", type=Path, required=True, help="folder to unpack into")
     parser.add_argument("--url", help="mirror address instead of the official one")
     parser.add_argument("--checksum", help="md5:<hex> or sha256:<hex> to verify instead")
     args = parser.parse_args(argv)
     print(DATASETS[args.dataset].terms)
-    path = download_dataset(args.dataset, args.root, url=args.url, checksum=args.checksum)
+    try:
+        path = download_dataset(args.dataset, args.root, url=args.url, checksum=args.checksum)
+    except (ValueError, OSError) as error:  # offline (ConnectionError), checksum, bad archive
+        print(f"prn_model.download: error: {error}", file=sys.stderr)
+        return 2
     print(f"{args.dataset} ready at {path}")
     return 0
 

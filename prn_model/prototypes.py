@@ -9,7 +9,9 @@ input map is compared with its nearest prototype and the element-wise squared di
 (MTD tiles, fabrics): the prototypes are k-means centres of single feature *vectors* (one per
 location of every normal map), and every location of an input map is compared with its own
 nearest centre. Whole-map matching needs a normal image laid out like the input; patch
-matching only needs the same local appearance somewhere in the normal set (as PatchCore).
+matching only needs the same local appearance somewhere in the normal set (as PatchCore). On
+MTD it did worse than whole-map matching all the same (docs/results.md, "Ablations"), so it is
+off by default.
 
 Memory: ``PrototypeBank.fit`` writes the feature maps of all normal images straight into one
 preallocated (n, C*H*W) tensor per scale (no list of batches, no ``torch.cat``), and ``kmeans``

@@ -6,12 +6,15 @@ from. ``results`` holds numbers *we* measured with exactly that entry, and stays
 someone has measured them: a zoo must never advertise numbers that nobody ran.
 
 Checkpoints hold the backbone weights too, so ``load_model`` needs no download.
+``python -m prn_model.zoo [NAME ...]`` prints the entries with what they were measured to reach.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -558,3 +561,36 @@ def _check_archive(path: Path) -> None:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: {error}") from None
     if damaged is not None:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: {damaged!r} fails its CRC check")
+
+
+def _describe(entry: ZooEntry) -> str:
+    lines = [entry.name, f"  {entry.description}"]
+    measured = {key: value for key, value in entry.results.items() if key != "split_by_group"}
+    command = measured.pop("command", None)
+    if measured:
+        lines.append("  measured: " + ", ".join(f"{k} {v}" for k, v in measured.items()))
+        if command:
+            lines.append(f"  by: {command}")
+    else:
+        lines.append("  measured: not yet")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m prn_model.zoo",
+        description="List the zoo's entries with the figures they were measured to reach.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="entries to show (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        entries = [get_entry(name) for name in args.names or list_models()]
+    except ValueError as error:
+        print(f"prn_model.zoo: error: {error}", file=sys.stderr)
+        return 2
+    print("\n\n".join(_describe(entry) for entry in entries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Train and evaluate PRN in one command.
 
 With no options it builds the small offline demo dataset (scikit-image textures with
-drawn defects) and trains the efficientnet_lite0 PRN on 2 CPU cores in a few minutes.
+drawn defects) and trains the efficientnet_lite0 PRN on 2 CPU cores in about a minute.
 ``--model NAME`` starts from a zoo entry's settings (prn_model.zoo); options given beside it
 override them, e.g. ``--model prn_lite0_mtd_normalised --root ../shared/data/mtd``.
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N recipes/train_prn.py ...``.
@@ -24,8 +24,11 @@ from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
 from prn_model.zoo import list_models, train_settings
 
+_PATH_FIELDS = ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures", "weights", "recipe")
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool, bool]:
+    """The run's config, its output folder, and the --resume and --overwrite switches."""
     # Two passes: --model decides the defaults that every other option then overrides.
     model_parser = argparse.ArgumentParser(add_help=False)
     model_parser.add_argument(
@@ -43,7 +46,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         parents=[model_parser],
     )
-    parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=defaults.dataset,
+        help="demo: the offline synthetic data; mvtec, mtd or folder need --root or folders",
+    )
     parser.add_argument(
         "--root", default=defaults.root, help="dataset root (MVTec AD folder or raw MTD folder)"
     )
@@ -87,16 +95,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="image: the usual protocol; group: images of one physical object (MTD: one tile "
         "under several lightings) stay on one side of the split (docs/results.md)",
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     parser.add_argument(
         "--batch-size",
         type=int,
         default=defaults.batch_size,
         help="global batch size (split across torchrun processes)",
     )
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--image-size", type=int, default=defaults.image_size, help="square network input (px)"
+    )
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="draws the split, the few-shot anomalies, the samples and the initial weights",
+    )
     parser.add_argument(
         "--textures",
         default=defaults.textures,
@@ -135,29 +150,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         nargs="+",
         choices=EDGE_SIDES,
         default=defaults.band_sides,
-        help="image edges the 'band' strategy starts from (default: all four)",
+        help="image edges the 'band' strategy starts from",
     )
     parser.add_argument(
         "--mix",
         type=float,
         nargs=3,
         metavar=("NORMAL", "SEEN", "SIMULATED"),
-        help="weights of normal / seen-extension / simulated samples (default "
-        f"{defaults.normal_weight:g} {defaults.seen_weight:g} {defaults.simulated_weight:g})",
+        default=[defaults.normal_weight, defaults.seen_weight, defaults.simulated_weight],
+        help="weights of normal / seen-extension / simulated samples",
     )
     parser.add_argument(
         "--original-weight",
         type=float,
         default=defaults.original_weight,
         help="weight of the few-shot anomalous images themselves, unaltered but for flips "
-        "(anomgen RealAnomalyImage), beside --mix's three (default 0: the paper's mix)",
+        "(anomgen RealAnomalyImage), beside --mix's three (0: the paper's mix)",
     )
     parser.add_argument(
         "--augmented-original-weight",
         type=float,
         default=defaults.augmented_original_weight,
         help="weight of the few-shot anomalous images with a seen or simulated anomaly added "
-        "on top, their masks joined (default 0)",
+        "on top, their masks joined",
     )
     parser.add_argument(
         "--no-residuals",
@@ -181,7 +196,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         choices=MATCHING_MODES,
         default=defaults.prototype_matching,
         help="image: nearest whole normal map (paper); patch: nearest normal feature vector "
-        "at each location (for unaligned textures such as MTD)",
+        "at each location, meant for unaligned textures (on MTD image matching did better, "
+        "docs/results.md)",
     )
     parser.add_argument(
         "--patch-prototypes",
@@ -227,12 +243,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         default=defaults.recipe,
         help="anomgen YAML/JSON config replacing the training mix",
     )
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="steps between the checkpoints --resume continues from",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=defaults.num_workers,
+        help="DataLoader worker processes (0: load in the training process)",
+    )
     parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", type=Path, default=Path("runs/prn"), help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument(
+    continuation = parser.add_mutually_exclusive_group()
+    continuation.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.pt"
+    )
+    continuation.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run OUT already holds (its checkpoint, metrics, summary and heatmaps "
@@ -246,8 +275,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     }
     values["pretrained"] = defaults.pretrained and not args.no_pretrained
     values["use_residuals"] = defaults.use_residuals and not args.no_residuals
-    if args.mix is not None:
-        values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
+    values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
+    # Stored absolute, so the checkpoint can be re-scored from any working folder.
+    for key in _PATH_FIELDS:
+        if values[key] is not None:
+            values[key] = str(Path(values[key]).expanduser().resolve())
     return TrainConfig(**values), args.out, args.resume, args.overwrite
 
 

@@ -380,7 +380,23 @@ def test_resnet_offline_error_names_the_expected_cache_path(
     message = str(info.value)
     assert str(hub_dir / "checkpoints" / "resnet18-f37072fd.pth") in message
     assert "weights_path=" in message and "pretrained=False" in message
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, OSError)
+
+
+def test_training_offline_without_resnet_weights_fails_in_one_line(
+    tmp_path: Path, hub_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from recipes.train_prn import main
+
+    missing = tmp_path / "nowhere" / "resnet18-f37072fd.pth"
+    monkeypatch.setitem(backbones.WEIGHT_URLS, "resnet18", missing.as_uri())
+    argv = ["--backbone", "resnet18", "--steps", "1", "--image-size", "64"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("train_prn: error: ImageNet weights for 'resnet18'") and err.count("\n") == 1
+    )
+    assert str(hub_dir / "checkpoints" / "resnet18-f37072fd.pth") in err
 
 
 def test_corrupt_cached_file_names_the_cache_path(

@@ -41,11 +41,64 @@ def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: P
         "prn_lite0_mtd_normalised", root=str(tmp_path), textures=str(tmp_path)
     )
     assert settings == {**default.to_dict(), "split_by": "group"}
-    assert args.report.parts[-2:] == ("docs", "results.md")
     args, settings = parse_args([*root, "--dataset", "mvtec", "--category", "bottle"])
     assert args.model == "prn_resnet18_mvtec" and settings["backbone"] == "resnet18"
     assert args.report == args.out / "report.md"  # MVTec never replaces the MTD results
     assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"
+
+
+def test_only_the_published_benchmark_replaces_docs_results(tmp_path: Path):
+    """A smoke test or an ablation writes OUT/report.md, never over the published figures."""
+    root = ["--root", str(tmp_path), "--textures", str(tmp_path)]
+    assert parse_args(root)[0].report.parts[-2:] == ("docs", "results.md")
+    out = ["--out", str(tmp_path / "runs")]
+    assert parse_args([*root, *out])[0].report.parts[-2:] == ("docs", "results.md")
+    for change in (
+        ["--steps", "2"],
+        ["--seeds", "0"],
+        ["--seeds", "0", "1", "3"],
+        ["--split-by", "group"],
+        ["--model", "prn_lite0_mtd"],
+    ):
+        args, _ = parse_args([*root, *out, *change])
+        assert args.report == tmp_path / "runs" / "report.md", change
+    chosen = tmp_path / "mine.md"
+    assert parse_args([*root, "--steps", "2", "--report", str(chosen)])[0].report == chosen
+
+
+@pytest.mark.parametrize("seeds", [["0", "0"], ["1", "-1"]])
+def test_duplicate_or_negative_seeds_are_refused(tmp_path: Path, seeds: list[str], capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--root", str(tmp_path), "--seeds", *seeds])
+    assert exit_info.value.code == 2
+    assert f"distinct integers >= 0, got {' '.join(seeds)}" in capsys.readouterr().err
+
+
+def test_a_bad_report_path_is_refused_before_any_seed_trains(tmp_path: Path, capsys):
+    common = ["--root", str(tmp_path), "--out", str(tmp_path / "runs")]
+    for report in (tmp_path / "missing" / "r.md", tmp_path):
+        assert main([*common, "--report", str(report)]) == 2
+        assert "must be a file in an existing folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["--root", str(tmp_path / "file.txt")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_missing_backbone_weights_are_reported_before_any_seed_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from prn_model import backbones
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    missing = tmp_path / "nowhere" / "resnet18-f37072fd.pth"
+    monkeypatch.setitem(backbones.WEIGHT_URLS, "resnet18", missing.as_uri())
+    runs = tmp_path / "runs"
+    argv = ["--root", str(tmp_path), "--backbone", "resnet18", "--out", str(runs)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ImageNet weights for 'resnet18'" in err and err.count("\n") == 1
+    assert not runs.exists()
 
 
 def test_each_zoo_entry_was_measured_by_a_command_that_builds_it(tmp_path: Path):

@@ -156,3 +156,15 @@ def test_cli(tmp_path, capsys):
     args = ["mtd", "--root", str(tmp_path / "data"), "--url", archive.as_uri()]
     assert main([*args, "--checksum", f"sha256:{sha256}"]) == 0
     assert f"ready at {tmp_path / 'data' / 'mtd'}" in capsys.readouterr().out
+
+
+def test_cli_reports_an_unreachable_archive_or_a_wrong_checksum_in_one_line(tmp_path, capsys):
+    missing = ["mtd", "--root", str(tmp_path / "a"), "--url", (tmp_path / "no.zip").as_uri()]
+    assert main(missing) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prn_model.download: error: could not download") and err.count("\n") == 1
+    archive = make_mtd_zip(tmp_path / "mtd.zip")
+    wrong = ["mtd", "--root", str(tmp_path / "b"), "--url", archive.as_uri()]
+    assert main([*wrong, "--checksum", "sha256:" + "0" * 64]) == 2
+    assert "expected 000" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "mtd").exists()

@@ -66,3 +66,17 @@ def test_in_memory_pool_names_a_mask_of_the_wrong_type():
 
     with pytest.raises(ValueError, match="mask 0 must be a \\(1,H,W\\) tensor, got ndarray"):
         AnomalyPool([torch.rand(1, 8, 8)], [np.ones((1, 8, 8))])
+
+
+def test_a_missing_mask_folder_is_named_and_an_empty_mask_says_why(tmp_path):
+    images = tmp_path / "defects"
+    images.mkdir()
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(images / "a.jpg")
+    with pytest.raises(FileNotFoundError, match="mask folder .*nodir' does not exist"):
+        AnomalyPool(images, masks=tmp_path / "nodir")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        AnomalyPool(images, masks=tmp_path / "file")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(images / "a.png")
+    with pytest.raises(ValueError, match="'a.jpg' is empty: it marks no defect"):
+        AnomalyPool(images)

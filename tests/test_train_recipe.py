@@ -1,0 +1,47 @@
+"""recipes/train_prn.py's command line: help text, exclusive switches, stored paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recipes.train_prn import parse_args
+
+
+def test_train_recipe_help_shows_every_default_once_and_refuses_resume_with_overwrite(
+    capsys: pytest.CaptureFixture,
+):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_of: dict[str, str] = {}
+    option = ""
+    for line in capsys.readouterr().out.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            option = line.split()[0].rstrip(",")
+        if option:
+            help_of[option] = help_of.get(option, "") + " " + " ".join(line.split())
+    for option, default in [
+        ("--steps", "300"),
+        ("--image-size", "128"),
+        ("--seed", "0"),
+        ("--mix", "[2.0, 1.0, 1.0]"),
+        ("--original-weight", "0.0"),
+        ("--checkpoint-every", "100"),
+    ]:
+        assert help_of[option].endswith(f"(default: {default})"), help_of[option]
+    twice = [option for option, text in help_of.items() if text.count("default") > 1]
+    assert not twice  # no hand-written default beside argparse's
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--resume", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_train_recipe_stores_data_folders_as_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    config, *_ = parse_args(["--dataset", "mtd", "--root", "data/mtd", "--textures", "dtd"])
+    assert config.root == str(tmp_path / "data" / "mtd")
+    assert config.textures == str(tmp_path / "dtd")

@@ -1,0 +1,24 @@
+"""``python -m prn_model.zoo``: the entries and what they were measured to reach."""
+
+from __future__ import annotations
+
+import pytest
+
+from prn_model.zoo import get_entry, list_models, main
+
+
+def test_lists_every_entry_with_its_measured_figures(capsys: pytest.CaptureFixture):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}\n" in out for name in list_models())
+    entry = get_entry("prn_lite0_mtd_normalised")
+    assert f"aupro {entry.results['aupro']}" in out
+    assert f"by: {entry.results['command']}" in out
+    assert main(["prn_resnet18_mvtec"]) == 0
+    assert "measured: not yet" in capsys.readouterr().out
+
+
+def test_an_unknown_name_is_one_line_and_status_2(capsys: pytest.CaptureFixture):
+    assert main(["prn_nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown zoo model 'prn_nope'" in err and err.count("\n") == 1
