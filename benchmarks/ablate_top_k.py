@@ -10,6 +10,7 @@ the checkpoint's own config and seed, so the test set is exactly the one of the 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,19 @@ from tqdm import tqdm
 
 from prn_model.data import load_record
 from prn_model.metrics import auroc, average_precision, f1_max
-from prn_model.train import TrainConfig, config_split, load_checkpoint, read_records
-from prn_model.zoo import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks._cli import load_run  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100, 1000])
-    args = parser.parse_args()
-    config = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
-    model = load_model(args.checkpoint)
-    records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = config_split(config, records)
+    args = parser.parse_args(argv)
+    if min(args.k) < 1:
+        parser.error(f"every --k must be >= 1, got {args.k}")
+    model, config, split = load_run(parser, args.checkpoint)
     flat_maps = []
     with torch.no_grad():
         for record in tqdm(split.test, desc="maps", unit="image"):

@@ -21,6 +21,7 @@ anomalous validation set.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,11 @@ from prn_model.data import Split, load_records
 from prn_model.memory_bank import patch_features
 from prn_model.metrics import auroc, evaluate
 from prn_model.network import PRN
-from prn_model.train import TrainConfig, config_split, load_checkpoint, read_records
-from prn_model.zoo import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks._cli import load_run  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
-
-
-def load(path: Path) -> tuple[PRN, TrainConfig, Split]:
-    config = TrainConfig.from_dict(load_checkpoint(path)["config"])
-    records = read_records(config, path.parent.parent / ".cache")
-    split = config_split(config, records)
-    return load_model(path).eval(), config, split
 
 
 def load_test_masks(split: Split, size: int) -> np.ndarray:
@@ -139,7 +134,7 @@ def print_error_sources(table: dict[str, tuple[float, ...]], margin: int) -> Non
         )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--ensemble", type=Path, help="a second checkpoint to average with")
@@ -147,23 +142,28 @@ def main() -> None:
     parser.add_argument(
         "--margin", type=int, default=8, help="pixels around a defect that count as near it"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bank_weight is not None and not 0.0 <= args.bank_weight <= 1.0:
         parser.error(f"--bank-weight must be in [0, 1], got {args.bank_weight}")
     if args.margin < 1:
         parser.error(f"--margin must be >= 1, got {args.margin}")
-    model, config, split = load(args.checkpoint)
+    if args.ensemble is not None and args.ensemble.resolve() == args.checkpoint.resolve():
+        parser.error(f"--ensemble {str(args.ensemble)!r} is the checkpoint itself")
+    model, config, split = load_run(parser, args.checkpoint)
+    if args.bank_weight is not None and model.memory_bank is None:
+        parser.error(f"--bank-weight needs a memory bank; {str(args.checkpoint)!r} has none")
+    if args.ensemble is not None:
+        other, other_config, other_split = load_run(parser, args.ensemble)
+        if other_split.test != split.test or other_config.image_size != config.image_size:
+            parser.error(f"{str(args.ensemble)!r} was not evaluated on the same test set and size")
+        if model.memory_bank is None or other.memory_bank is None:
+            parser.error("an ensemble needs two checkpoints with a memory bank (calibration)")
     labels = np.array([r.label for r in split.test])
     types = [r.defect_type for r in split.test]
     masks = load_test_masks(split, config.image_size) > 0.5
     first = standardised_maps(model, split, config.image_size, args.bank_weight)
     runs = {str(args.checkpoint): first}
     if args.ensemble is not None:
-        other, other_config, other_split = load(args.ensemble)
-        if other_split.test != split.test or other_config.image_size != config.image_size:
-            raise SystemExit(f"{args.ensemble} was not evaluated on the same test set and size")
-        if model.memory_bank is None or other.memory_bank is None:
-            raise SystemExit("an ensemble needs two checkpoints with a memory bank (calibration)")
         second = standardised_maps(other, split, config.image_size, args.bank_weight)
         runs[str(args.ensemble)] = second
         runs["mean of both"] = (first + second) / 2

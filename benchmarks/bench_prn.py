@@ -105,25 +105,37 @@ def measure_prototypes(n_normal: int, size: int = 256) -> dict:
     }
 
 
-def _child(args: list[str], threads: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--threads", str(threads), "--child", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _child(args: list[str], threads: int, repeats: int) -> dict:
+    """Run one measurement in its own process; a failure ends the benchmark with its stderr."""
+    command = [sys.executable, __file__, "--threads", str(threads), "--repeats", str(repeats)]
+    out = subprocess.run([*command, "--child", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        print("\n".join(out.stderr.splitlines()[-20:]), file=sys.stderr)
+        raise SystemExit(
+            f"bench_prn.py: the measurement {' '.join(args)!r} failed (exit {out.returncode}); "
+            "its stderr ends above"
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="PRN training and inference cost")
-    parser.add_argument("--backbones", nargs="+", default=list_backbones())
+    parser.add_argument(
+        "--backbones", nargs="+", choices=list_backbones(), default=list_backbones()
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="also sizes and prototype counts")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.size < 32 or args.size % 32:
+        parser.error(
+            f"--size must be a positive multiple of 32 (PRN's deepest stride), got {args.size}"
+        )
+    for name in ("repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     if args.child:
         kind, *rest = args.child
@@ -146,7 +158,7 @@ def main() -> None:
     print(header)
     for device in devices:
         for backbone in args.backbones:
-            r = _child(["model", backbone, str(args.size), device], args.threads)
+            r = _child(["model", backbone, str(args.size), device], args.threads, args.repeats)
             step, rate = r["train_step_s"], r["inference_images_per_s"]
             share, ratio = r["encoder_share"], r["head_over_encoder"]
             print(
@@ -157,11 +169,11 @@ def main() -> None:
         return
     print("\nefficientnet_lite0 inference, batch 1:")
     for size in (128, 256, 512):
-        r = _child(["inference", str(size)], args.threads)
+        r = _child(["inference", str(size)], args.threads, args.repeats)
         print(f"  {size:>4} px: {r['inference_ms']:.1f} ms")
     print("\nprototype fitting at 256 px (k-means, K = 10 % of the images):")
     for n in (100, 500, 1000):
-        r = _child(["prototypes", str(n)], args.threads)
+        r = _child(["prototypes", str(n)], args.threads, args.repeats)
         print(f"  {n:>5} images: {r['fit_s']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB")
 
 

@@ -3,7 +3,8 @@
 Prints images/second one image at a time and in batches of 32, with the texture pool
 already decoded (as the reference figures for DRAEM and anomalib were measured).
 Textures: ../shared/data/dtd when present, else scikit-image's CC0 textures. Real
-anomalies for the prn preset: a few MTD defects when present, else drawn blobs.
+anomalies for the prn preset: the first 10 MTD blowholes with their masks when
+../shared/data/mtd is present, else 10 noise images with rectangle masks.
 
     python benchmarks/bench_synthesis.py [--seconds 3]
 """
@@ -11,6 +12,8 @@ anomalies for the prn preset: a few MTD defects when present, else drawn blobs.
 from __future__ import annotations
 
 import argparse
+import inspect
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from PIL import Image
 
 from anomgen import build_preset
+from anomgen.presets import PRESETS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -39,6 +43,11 @@ def _texture_dir(tmp: Path) -> Path:
 def _anomaly_dir(tmp: Path) -> Path:
     folder = tmp / "anomalies"
     folder.mkdir()
+    if (SHARED / "mtd").is_dir():
+        for image in sorted((SHARED / "mtd" / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:10]:
+            shutil.copy(image, folder)
+            shutil.copy(image.with_suffix(".png"), folder)
+        return folder
     rng = np.random.default_rng(0)
     for i in range(10):
         image = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
@@ -58,11 +67,15 @@ def _rate(fn, seconds: float, per_call: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds < float("inf"):
+        parser.error(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
     torch.set_num_threads(1)
     import cv2
 
@@ -76,7 +89,8 @@ def main() -> None:
         )
         print(f"{'preset':<10} {'one at a time':>16} {'batch of ' + str(args.batch):>16}")
         for name in ("draem", "cutpaste", "prn"):
-            transform = build_preset(name, **folders)
+            takes = inspect.signature(PRESETS[name]).parameters
+            transform = build_preset(name, **{k: v for k, v in folders.items() if k in takes})
             seeds = iter(range(10**9))
 
             def one(t=transform, s=seeds):

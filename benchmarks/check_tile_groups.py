@@ -26,6 +26,9 @@ from tqdm import tqdm
 
 from prn_model.data import Record, group_key, read_mtd
 
+# The MTD copy beside the checkout, wherever the script is run from.
+MTD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
+
 
 def appearance_vector(image: np.ndarray, size: int) -> np.ndarray:
     """The grey image resized to ``size`` x ``size``, standardised, flattened to unit norm."""
@@ -100,14 +103,17 @@ def _read_grey(path: Path) -> np.ndarray:
     return image
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/mtd"))
+    parser.add_argument("--root", type=Path, default=MTD, help="MTD root (../shared/data/mtd)")
     parser.add_argument("--size", type=int, default=128, help="side of the compared square, px")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.size < 4:
         parser.error(f"--size must be at least 4, got {args.size}")
-    records = read_mtd(args.root)
+    try:
+        records = read_mtd(args.root)
+    except (OSError, ValueError) as error:
+        parser.error(f"--root: {error}")
     by_class: dict[str, list[Record]] = {}
     for record in records:
         by_class.setdefault(record.defect_type, []).append(record)

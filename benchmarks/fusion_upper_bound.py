@@ -30,7 +30,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from prn_model.metrics import aupro, auroc, average_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.analyse_pixel_errors import load, load_test_masks, map_components  # noqa: E402
+from benchmarks._cli import load_run  # noqa: E402
+from benchmarks.analyse_pixel_errors import load_test_masks, map_components  # noqa: E402
 
 METRICS = ("pixel_auroc", "aupro", "pixel_ap")
 
@@ -104,7 +105,7 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints with a memory bank")
     parser.add_argument("--size", type=int, default=128, help="map side the fit runs at")
@@ -112,14 +113,18 @@ def main() -> None:
         "--train-pixels", type=int, default=300_000, help="pixels drawn to fit each fold"
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.size < 8 or args.train_pixels < 1000:
         parser.error("--size must be >= 8 and --train-pixels >= 1000")
-    results: dict[str, list[dict]] = {}
-    for path in args.checkpoints:
-        model, config, split = load(path)
+    loaded = [load_run(parser, path) for path in args.checkpoints]
+    for path, (model, config, _) in zip(args.checkpoints, loaded):
         if model.memory_bank is None:
-            raise SystemExit(f"{path} has no memory bank: nothing to fuse")
+            parser.error(f"{str(path)!r} has no memory bank: nothing to fuse")
+        if config.image_size % args.size:
+            size = config.image_size
+            parser.error(f"--size {args.size} must divide the image size {size} of {str(path)!r}")
+    results: dict[str, list[dict]] = {}
+    for path, (model, config, split) in zip(args.checkpoints, loaded):
         prn, distance = (m.numpy() for m in map_components(model, split, config.image_size))
         masks = load_test_masks(split, config.image_size)
         prn, distance = block_mean(prn, args.size), block_mean(distance, args.size)

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from prn_model.data import read_mtd
 
 STATISTICS = ("mean", "std", "ground mean", "ground std")
+# The MTD copy beside the checkout, wherever the script is run from.
+MTD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
 
 
 def grey_level_stats(image: np.ndarray, mask: np.ndarray | None, margin: int) -> np.ndarray:
@@ -54,15 +56,19 @@ def summarise(values: np.ndarray) -> str:
     return f"{median:6.1f} [{low:5.1f}, {high:5.1f}]"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/mtd"))
+    parser.add_argument("--root", type=Path, default=MTD, help="MTD root (../shared/data/mtd)")
     parser.add_argument("--margin", type=int, default=8, help="px around a defect left out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.margin < 0:
         parser.error(f"--margin must be >= 0, got {args.margin}")
+    try:
+        records = read_mtd(args.root)
+    except (OSError, ValueError) as error:
+        parser.error(f"--root: {error}")
     by_class: dict[str, list[np.ndarray]] = defaultdict(list)
-    for record in tqdm(read_mtd(args.root), desc="images", unit="image"):
+    for record in tqdm(records, desc="images", unit="image"):
         image = cv2.imread(str(record.image), cv2.IMREAD_GRAYSCALE)
         mask = None if record.mask is None else cv2.imread(str(record.mask), cv2.IMREAD_GRAYSCALE)
         if image is None or (record.mask is not None and mask is None):

@@ -29,6 +29,8 @@ from prn_model.network import normalise_intensity
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 BATCH = 16
+# The MTD copy beside the checkout, wherever the script is run from.
+MTD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
 
 
 def _batches(records: Sequence[Record], size: int, desc: str) -> Iterator[torch.Tensor]:
@@ -70,9 +72,9 @@ def score_split(
     return evaluate(scores.numpy(), labels, all_maps.numpy(), torch.cat(masks).numpy(), types)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/mtd"))
+    parser.add_argument("--root", type=Path, default=MTD, help="MTD root (../shared/data/mtd)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--split-by", nargs="+", choices=SPLIT_UNITS, default=["image"])
     parser.add_argument("--backbone", choices=list_backbones(), default="efficientnet_lite0")
@@ -85,11 +87,17 @@ def main() -> None:
         default="none",
         help="'image': one grey-level mean and contrast per image, as PRN's default on MTD",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ("size", "image_size", "top_k"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    records = read_mtd(args.root)
+    repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+    if repeated:
+        parser.error(f"--seeds repeats {repeated}: a repeated seed would count twice in the std")
+    try:
+        records = read_mtd(args.root)
+    except (OSError, ValueError) as error:
+        parser.error(f"--root: {error}")
     backbone = create_backbone(args.backbone, pretrained=True).eval()
     print(
         f"memory bank alone: {args.backbone}, {args.image_size} px, {args.size} vectors, "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -24,38 +25,32 @@ from tqdm import tqdm
 
 from prn_model.data import load_records
 from prn_model.metrics import evaluate
-from prn_model.network import PRN, PRNConfig
-from prn_model.train import (
-    TrainConfig,
-    config_split,
-    load_checkpoint,
-    memory_bank_split,
-    read_records,
-)
+from prn_model.network import PRN
+from prn_model.train import memory_bank_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks._cli import load_run  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument("--size", type=int, default=8192, help="memory bank vectors")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if any(not 0.0 <= w <= 1.0 for w in args.weights):
         parser.error(f"weights must be in [0, 1], got {args.weights}")
+    if args.size < 1:
+        parser.error(f"--size must be >= 1, got {args.size}")
     started = time.perf_counter()
-    payload = load_checkpoint(args.checkpoint)
-    config = TrainConfig.from_dict(payload["config"])
-    stored = PRNConfig.from_dict(payload["model_config"])
-    model = PRN(dataclasses.replace(stored, memory_bank_size=args.size), pretrained=False)
-    state = {k: v for k, v in payload["model"].items() if not k.startswith("memory_bank.")}
-    missing = model.load_state_dict(state, strict=False).missing_keys
-    if any(not key.startswith("memory_bank.") for key in missing):
-        raise SystemExit(f"{args.checkpoint}: weights do not match its model_config: {missing}")
+    trained, config, split = load_run(parser, args.checkpoint)
+    # The trained PRN without its own bank (if any), beside a new bank of --size vectors.
+    model = PRN(dataclasses.replace(trained.config, memory_bank_size=args.size), pretrained=False)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("memory_bank.")}
+    model.load_state_dict(state, strict=False)
     model.eval()
-    records = read_records(config, args.checkpoint.parent.parent / ".cache")
-    split = config_split(config, records)
     size = config.image_size
     bank, calibration = memory_bank_split(len(split.train_normal), config.seed)
 

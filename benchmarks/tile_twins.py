@@ -22,9 +22,9 @@ from prn_model.data import Split
 from prn_model.metrics import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks._cli import load_run  # noqa: E402
 from benchmarks.analyse_pixel_errors import (  # noqa: E402
     METRICS,
-    load,
     load_test_masks,
     probabilities,
     standardised_maps,
@@ -49,15 +49,12 @@ def tile_leaks(split: Split) -> dict[str, int]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
-    args = parser.parse_args()
-    for path in args.checkpoints:
-        if not path.is_file():
-            parser.error(f"checkpoint {str(path)!r} does not exist")
-    for path in args.checkpoints:
-        model, config, split = load(path)
+    args = parser.parse_args(argv)
+    loaded = [load_run(parser, path) for path in args.checkpoints]
+    for path, (model, config, split) in zip(args.checkpoints, loaded):
         print(f"\n{path} (split by {config.split_by})")
         for name, count in tile_leaks(split).items():
             print(f"  {name}: {count}")
