@@ -27,6 +27,8 @@ __all__ = [
     "AnomalyTransform",
     "Synthesis",
     "check_range",
+    "check_seed",
+    "check_seeds",
     "derive_seed",
     "from_dict",
     "make_generator",
@@ -41,6 +43,8 @@ _REGISTRY: dict[str, type[AnomalyTransform]] = {}
 # Images whose mean absolute change inside the mask stays below this are not anomalous.
 _MIN_CHANGE = 1e-6
 _MAX_ATTEMPTS = 10
+# torch.Generator.manual_seed takes seeds below this.
+_SEED_LIMIT = 2**64
 
 
 def register(cls: type[AnomalyTransform]) -> type[AnomalyTransform]:
@@ -59,16 +63,48 @@ def derive_seed(*keys: int) -> int:
 
     SeedSequence mixes the keys so that neighbouring indices give unrelated streams.
     """
-    if any(int(k) < 0 for k in keys):
-        raise ValueError(f"seed keys must be non-negative integers, got {keys}")
+    if not all(_is_seed(k) for k in keys):
+        raise ValueError(f"seed keys must be ints in [0, 2**64), got {keys}")
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
+def _is_seed(value: Any) -> bool:
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool)
+        and 0 <= int(value) < _SEED_LIMIT
+    )
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as a plain int. A seed is an int in [0, 2**64) (numpy integers too): a float,
+    bool or string would otherwise be truncated or parsed into some other sample's stream."""
+    if not _is_seed(seed):
+        raise ValueError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def check_seeds(seeds: Any, n: int | None = None) -> list[int]:
+    """``seeds`` as a list of plain ints: a non-empty sequence of seeds, ``n`` of them if given."""
+    if (
+        isinstance(seeds, str | bytes)
+        or not isinstance(seeds, Sequence | np.ndarray)
+        or len(seeds) == 0
+    ):
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    if n is not None and len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
+    return [check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
+
+
 def make_generator(seed: int | None) -> torch.Generator:
-    """A CPU generator (parameters are tiny; CPU keeps them identical across devices)."""
+    """A CPU generator (parameters are tiny; CPU keeps them identical across devices);
+    ``seed=None`` seeds it from fresh entropy."""
     generator = torch.Generator()
-    generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+    generator.manual_seed(
+        int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
+    )
     return generator
 
 
@@ -329,10 +365,8 @@ class AnomalyTransform:
         if seeds is not None:
             if seed is not None:
                 raise ValueError("pass either seed or seeds, not both")
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
-            return [int(s) for s in seeds]
-        base = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+            return check_seeds(seeds, n)
+        base = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
         return [derive_seed(base, i) for i in range(n)] if batched else [base]
 
     # -- serialisation

@@ -149,10 +149,9 @@ class PRNConfig:
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ValueError(f"prototype_ratio must be in (0, 1], got {ratio!r}")
         self.prototype_ratio = float(ratio)
-        if self.n_prototype_scales not in (1, 2, 3) or isinstance(self.n_prototype_scales, bool):
-            raise ValueError(
-                f"n_prototype_scales must be 1, 2 or 3, got {self.n_prototype_scales!r}"
-            )
+        scales = self.n_prototype_scales
+        if isinstance(scales, bool) or not isinstance(scales, int) or scales not in (1, 2, 3):
+            raise ValueError(f"n_prototype_scales must be 1, 2 or 3, got {scales!r}")
         self.attention_divisors = _positive_ints("attention_divisors", self.attention_divisors)
         _positive_int("attention_channels", self.attention_channels)
         self.fusion_channels = _positive_ints("fusion_channels", self.fusion_channels, 3)
@@ -165,6 +164,8 @@ class PRNConfig:
                 f"got {self.prototype_matching!r}"
             )
         _positive_int("patch_prototypes", self.patch_prototypes)
+        if not isinstance(self.use_residuals, bool):  # a string such as 'no' would be truthy
+            raise ValueError(f"use_residuals must be True or False, got {self.use_residuals!r}")
         size = self.memory_bank_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"memory_bank_size must be an int >= 0, got {size!r}")

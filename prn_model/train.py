@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 import anomgen
 from anomgen import AnomalyPool, AnomalyTransform, SynthesisDataset, from_dict
+from anomgen.core import check_seed
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.preview import save_png_atomic
 from anomgen.transforms import (
@@ -88,6 +89,14 @@ _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
     "band": lambda config: EdgeBandPaste(sides=tuple(config.band_sides)),
 }
 SIMULATION_STRATEGIES = tuple(_SIMULATIONS)
+# TrainConfig's weights of the training mix's parts (build_transform).
+_MIX_WEIGHTS = (
+    "normal_weight",
+    "seen_weight",
+    "simulated_weight",
+    "original_weight",
+    "augmented_original_weight",
+)
 # Keys that may differ between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 # DDP's stride warning for a (C, 1, kh, kw) gradient (re.match, DOTALL: the message spans lines).
@@ -149,14 +158,19 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         for name in ("steps", "batch_size", "image_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if int(self.num_workers) < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
+            _check_int(name, getattr(self, name), 1)
+        for name in ("n_anomalies", "num_workers", "heatmaps"):
+            _check_int(name, getattr(self, name), 0)
+        self.seed = check_seed(self.seed)  # anomgen's rule: an int in [0, 2**64)
+        if self.stop_at_step is not None:
+            _check_int("stop_at_step", self.stop_at_step, 1, self.steps)
+        self.lr = _check_number("lr", self.lr, positive=True)
+        self.weight_decay = _check_number("weight_decay", self.weight_decay)
+        for name in ("pretrained", "use_residuals"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -192,14 +206,16 @@ class TrainConfig:
                 f"seen_rotation must be [min, max] degrees in [-360, 360], got {rotation!r}"
             )
         self.seen_rotation = [float(v) for v in rotation]
-        for name in ("original_weight", "augmented_original_weight"):
-            if not 0.0 <= float(getattr(self, name)) < float("inf"):
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in _MIX_WEIGHTS:
+            setattr(self, name, _check_number(name, getattr(self, name)))
+        # Without few-shot anomalies only the normal and simulated parts are drawn.
+        drawn = _MIX_WEIGHTS if self.n_anomalies else ("normal_weight", "simulated_weight")
+        if not self.recipe and not any(getattr(self, name) > 0 for name in drawn):
+            weights = {name: getattr(self, name) for name in drawn}
+            raise ValueError(f"the mix weights must not all be 0, got {weights}")
         share = self.prototype_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
             raise ValueError(f"prototype_share must be in (0, 1], got {share!r}")
-        if self.n_anomalies < 0:
-            raise ValueError(f"n_anomalies must be >= 0, got {self.n_anomalies}")
         if self.split_by not in SPLIT_UNITS:
             raise ValueError(f"split_by must be one of {SPLIT_UNITS}, got {self.split_by!r}")
         if self.dataset in ("mvtec", "mtd") and not self.root:
@@ -208,6 +224,14 @@ class TrainConfig:
             raise ValueError("dataset 'mvtec' needs --category")
         if self.dataset == "folder" and not self.normal_dir:
             raise ValueError("dataset 'folder' needs --normal-dir")
+        if self.category is not None and not (isinstance(self.category, str) and self.category):
+            raise ValueError(f"category must be a non-empty string, got {self.category!r}")
+        for name in ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures"):
+            _check_path(name, getattr(self, name), folder=True)
+        for name in ("weights", "recipe"):
+            _check_path(name, getattr(self, name), folder=False)
+        if self.weights is not None and not self.pretrained:
+            raise ValueError(f"weights {self.weights!r} contradicts pretrained=False")
         self.model_config()  # the network's own checks, before any data is read
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +260,44 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}")
         return cls(**values)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """An int option in [low, high]: a float is not truncated, nor a string parsed, nor a
+    bool taken for 0 or 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 if ``positive``) as a float; ints count (JSON writes 1.0 as 1)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value < 0
+        or (positive and value == 0)
+    ):
+        what = "a positive number" if positive else "a number >= 0"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _check_path(name: str, value: Any, folder: bool) -> None:
+    """A path the user gave must exist before the run starts, not fail after its folder was made
+    (a missing texture folder would only show when the first texture is drawn)."""
+    if value is None:
+        return
+    kind = "folder" if folder else "file"
+    path = Path(value) if isinstance(value, str) and value else None
+    if path is None or not (path.is_dir() if folder else path.is_file()):
+        raise ValueError(f"{name} must be an existing {kind}, got {value!r}")
 
 
 def _names(key: str, values: Any, known: Sequence[str], distinct: bool) -> list[str]:
@@ -458,7 +520,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     # Options added since the checkpoint was written take their defaults.
-    saved = TrainConfig.from_dict(saved).to_dict()
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except ValueError as error:  # e.g. a folder it names is gone
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by a configuration that is not valid here "
+            f"({error}); use a new --out directory"
+        ) from None
     current = config.to_dict()
     differing = sorted(
         k
@@ -537,6 +605,7 @@ def _run(
             print(f"train_prn: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+    earlier_seconds = 0.0  # training time of the processes this run resumes
 
     # Rank 0 first: it may build the demo dataset, which the others then only read.
     if dist_.main:
@@ -578,6 +647,8 @@ def _run(
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng"]["torch"])
         start = int(payload["step"])
+        # Checkpoints written before train_seconds was stored lack it: only new time counts.
+        earlier_seconds = float(payload.get("train_seconds", 0.0))
     else:
         rows = prototype_rows(split, config.prototype_share, config.seed)
         normals = torch.stack([dataset.load(row) for row in rows])
@@ -613,7 +684,18 @@ def _run(
     progress = tqdm(
         total=config.steps, initial=start, desc="train", unit="step", disable=not dist_.main
     )
-    step = start
+    # The run's training time as its last checkpoint records it: a finished run that is only
+    # re-evaluated keeps its figure.
+    step, train_seconds = start, earlier_seconds
+
+    def save_checkpoint() -> float:
+        """Write the checkpoint of ``step``; returns the training time it records."""
+        seconds = earlier_seconds + time.perf_counter() - started
+        _save_checkpoint(
+            checkpoint_path, model, optimizer, scheduler, step, config, transform, channels, seconds
+        )
+        return seconds
+
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
@@ -628,9 +710,7 @@ def _run(
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         if dist_.main and (step % config.checkpoint_every == 0 or step == config.steps):
-            _save_checkpoint(
-                checkpoint_path, model, optimizer, scheduler, step, config, transform, channels
-            )
+            train_seconds = save_checkpoint()
         if config.stop_at_step is not None and step >= config.stop_at_step:
             progress.close()
             return None
@@ -640,10 +720,7 @@ def _run(
         return None
     if model.memory_bank is not None and not model.memory_bank.is_fitted:
         _fit_memory_bank(model, dataset, config)
-        _save_checkpoint(
-            checkpoint_path, model, optimizer, scheduler, step, config, transform, channels
-        )
-    train_seconds = time.perf_counter() - started
+        train_seconds = save_checkpoint()
     metrics = evaluate_split(model, split, config, device, out)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["peak_rss_mib"] = _peak_rss_mib()
@@ -718,7 +795,9 @@ def _save_checkpoint(
     config: TrainConfig,
     transform: AnomalyTransform,
     channels: int,
+    train_seconds: float,
 ) -> None:
+    """``train_seconds``: the run's training time so far, which a resumption adds to."""
     _save_atomic(
         {
             "version": CHECKPOINT_VERSION,
@@ -730,6 +809,7 @@ def _save_checkpoint(
             "rng": {"torch": torch.get_rng_state()},
             "config": config.to_dict(),
             "channels": channels,
+            "train_seconds": train_seconds,
             "recipe": json.dumps(transform.to_dict()),
             "anomgen_version": anomgen.__version__,
         },

@@ -4,6 +4,7 @@ the combinators (strategy-specific suites check the other transforms)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from anomgen import (
     TexturePool,
     from_dict,
 )
-from anomgen.core import make_generator
+from anomgen.core import derive_seed, make_generator
 from tests.conftest import random_image
 
 
@@ -289,6 +290,51 @@ def test_uint8_samples_labelled_anomalous_really_changed():
             changed = result.image != flat
             if result.meta["anomalous"]:
                 assert (changed & (result.mask > 0)).any(), (transform.name, seed)
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "3", -1, 2**64, None])
+def test_a_seed_is_a_non_negative_int_for_one_image_and_a_batch(seed):
+    image = random_image(3, 32, 32, seed=0)
+    batch = torch.stack([image, image])
+    if seed is None:  # fresh entropy
+        assert CutPaste()(image, seed=None).image.shape == image.shape
+        return
+    message = rf"seed must be an int in \[0, 2\*\*64\), got {re.escape(repr(seed))}$"
+    for images in (image, batch):
+        with pytest.raises(ValueError, match=message):
+            CutPaste()(images, seed=seed)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        make_generator(seed)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ([1.5, 2.5], r"seeds\[0\] must be an int in \[0, 2\*\*64\), got 1.5"),
+        ([0, True], r"seeds\[1\] must be an int .* got True"),
+        ([-1, 0], r"seeds\[0\] must be an int .* got -1"),
+        ([0, None], r"seeds\[1\] must be an int .* got None"),
+        ([], r"seeds must be a non-empty sequence of ints, got \[\]"),
+        ("01", "seeds must be a non-empty sequence of ints, got '01'"),
+        ({0, 1}, "seeds must be a non-empty sequence of ints"),
+        ([0], "got 1 seeds for a batch of 2"),
+    ],
+)
+def test_batch_seeds_are_non_negative_ints_one_per_image(seeds, message):
+    batch = torch.stack([random_image(3, 32, 32, seed=i) for i in range(2)])
+    with pytest.raises(ValueError, match=message):
+        CutPaste()(batch, seeds=seeds)
+
+
+def test_numpy_integer_seeds_are_seeds():
+    image = random_image(3, 32, 32, seed=0)
+    batch = torch.stack([image, image])
+    assert torch.equal(CutPaste()(image, seed=np.int64(4)).image, CutPaste()(image, seed=4).image)
+    by_numpy = CutPaste()(batch, seeds=np.array([4, 5])).image
+    assert torch.equal(by_numpy, CutPaste()(batch, seeds=[4, 5]).image)
+    assert derive_seed(np.uint64(3), 1) == derive_seed(3, 1)
+    with pytest.raises(ValueError, match=r"seed keys must be ints .* got \(1.5, 0\)"):
+        derive_seed(1.5, 0)
 
 
 def test_a_batch_of_one_is_seeded_like_any_batch():

@@ -434,6 +434,20 @@ def test_config_rejects_bad_values(overrides):
         dataclasses.replace(PRNConfig(), **overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_prototype_scales": 1.0}, "n_prototype_scales must be 1, 2 or 3, got 1.0"),
+        ({"n_prototype_scales": True}, "n_prototype_scales must be 1, 2 or 3, got True"),
+        ({"use_residuals": "no"}, "use_residuals must be True or False, got 'no'"),
+        ({"use_residuals": 0}, "use_residuals must be True or False, got 0"),
+    ],
+)
+def test_config_names_a_value_of_the_wrong_type(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        PRNConfig(**overrides)
+
+
 def test_model_copies_its_config():
     config = _config()
     model = PRN(config, backbone=TinyBackbone())

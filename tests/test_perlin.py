@@ -109,3 +109,18 @@ def test_mask_generator_batched_and_binary():
     assert torch.equal(masks[3], generator((64, 48), seeds=[3])[0])
     # DRAEM's threshold keeps a minority of pixels on average.
     assert 0.0 < generator((128, 128), seeds=range(64)).mean() < 0.5
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ([-1], r"seeds\[0\] must be an int in \[0, 2\*\*64\), got -1"),
+        ([0, 1.5], r"seeds\[1\] must be an int .* got 1.5"),
+        ([True], r"seeds\[0\] must be an int .* got True"),
+        ([], r"seeds must be a non-empty sequence of ints, got \[\]"),
+        (3, "seeds must be a non-empty sequence of ints, got 3"),
+    ],
+)
+def test_mask_generator_seeds_are_non_negative_ints(seeds, message):
+    with pytest.raises(ValueError, match=message):
+        PerlinMaskGenerator()((32, 32), seeds=seeds)

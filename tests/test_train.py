@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from prn_model.train import (
     run,
 )
 from prn_model.zoo import load_model
+from recipes.train_prn import main as train_prn_main
 from recipes.train_prn import parse_args
 from tests.conftest import tiny_train_config
 from tests.test_data import tiled_records  # noqa: F401  (fixture)
@@ -94,15 +96,40 @@ def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):
     path = tmp_path / "run" / "checkpoint.pt"
     payload = load_checkpoint(path)
     del payload["config"]["original_weight"]  # as written before --original-weight
+    del payload["train_seconds"]  # as written before it was stored: only new time counts
     torch.save(payload, path)
-    run(tiny_train_config(), tmp_path / "run", resume=True)
+    metrics = run(tiny_train_config(), tmp_path / "run", resume=True)
     assert load_checkpoint(path)["step"] == 6
+    assert 0 < metrics["train_seconds"] < 100
+
+
+def test_train_seconds_add_up_across_resumptions(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_train_config(stop_at_step=3), out)
+    path = out / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    assert payload["step"] == 2 and payload["train_seconds"] > 0
+    payload["train_seconds"] = 1000.0  # as if the interrupted process had trained that long
+    torch.save(payload, path)
+    metrics = run(tiny_train_config(), out, resume=True)
+    total = load_checkpoint(path)["train_seconds"]
+    assert 1000 < total < 1100 and metrics["train_seconds"] == round(total, 1)
+    # Re-evaluating the finished run trains nothing: the figure stays.
+    again = run(tiny_train_config(), out, resume=True)
+    assert again["train_seconds"] == metrics["train_seconds"]
+    assert json.loads((out / "metrics.json").read_text())["train_seconds"] == round(total, 1)
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):
     run(tiny_train_config(steps=2), tmp_path / "run")
     with pytest.raises(ValueError, match="another configuration.*lr"):
         run(tiny_train_config(steps=2, lr=0.5), tmp_path / "run", resume=True)
+    path = tmp_path / "run" / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    payload["config"]["textures"] = str(tmp_path / "gone")  # a folder since removed
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="not valid here.*textures must be an existing folder"):
+        run(tiny_train_config(steps=2), tmp_path / "run", resume=True)
 
 
 def test_bad_checkpoint_is_reported(tmp_path):
@@ -308,14 +335,15 @@ def test_recipe_parses_ablation_switches():
     assert config.use_residuals is False and out == Path("runs/prn")
 
 
-def test_model_option_starts_from_a_zoo_entry_and_options_override_it(capsys):
-    config, *_ = parse_args(["--model", "prn_lite0_mtd_normalised", "--root", "/data"])
-    assert config == zoo.train_config("prn_lite0_mtd_normalised", root="/data")
+def test_model_option_starts_from_a_zoo_entry_and_options_override_it(capsys, tmp_path):
+    root = str(tmp_path)
+    config, *_ = parse_args(["--model", "prn_lite0_mtd_normalised", "--root", root])
+    assert config == zoo.train_config("prn_lite0_mtd_normalised", root=root)
     config, *_ = parse_args(
-        ["--model", "prn_lite0_mtd_band", "--root", "/data", "--steps", "7", "--mix", "1", "1", "0"]
+        ["--model", "prn_lite0_mtd_band", "--root", root, "--steps", "7", "--mix", "1", "1", "0"]
         + ["--no-residuals", "--seed", "3"]
     )
-    expected = zoo.train_config("prn_lite0_mtd_band", root="/data", steps=7, seed=3)
+    expected = zoo.train_config("prn_lite0_mtd_band", root=root, steps=7, seed=3)
     changed = {"normal_weight": 1.0, "simulated_weight": 0.0, "use_residuals": False}
     assert config == TrainConfig(**{**expected.to_dict(), **changed})
     assert parse_args([])[0] == TrainConfig()  # no --model: TrainConfig's own defaults
@@ -461,14 +489,83 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     [
         ({"lr": -1.0}, "lr must be a positive number"),
         ({"lr": float("nan")}, "lr must be a positive number"),
-        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
-        ({"num_workers": -1}, "num_workers must be >= 0"),
+        ({"lr": "0.1"}, "lr must be a positive number, got '0.1'"),
+        ({"weight_decay": -0.1}, "weight_decay must be a number >= 0"),
+        ({"weight_decay": "0"}, "weight_decay must be a number >= 0, got '0'"),
+        ({"num_workers": -1}, "num_workers must be an int >= 0"),
+        ({"num_workers": 1.5}, "num_workers must be an int >= 0, got 1.5"),
         ({"device": "foo"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"device": None}, "device must be auto, cpu, cuda or cuda:N, got None"),
+        ({"steps": 2.7}, "steps must be an int >= 1, got 2.7"),
+        ({"steps": "5"}, "steps must be an int >= 1, got '5'"),
+        ({"batch_size": 3.9}, "batch_size must be an int >= 1, got 3.9"),
+        ({"image_size": None}, "image_size must be an int >= 1, got None"),
+        ({"checkpoint_every": True}, "checkpoint_every must be an int >= 1, got True"),
+        ({"seed": -1}, r"seed must be an int in \[0, 2\*\*64\), got -1"),
+        ({"seed": 1.5}, "seed must be an int .* got 1.5"),
+        ({"seed": "0"}, "seed must be an int .* got '0'"),
+        ({"seed": True}, "seed must be an int .* got True"),
+        ({"n_anomalies": 2.5}, "n_anomalies must be an int >= 0, got 2.5"),
+        ({"heatmaps": -2}, "heatmaps must be an int >= 0, got -2"),
+        ({"stop_at_step": -5}, r"stop_at_step must be an int in \[1, 6\], got -5"),
+        ({"stop_at_step": 7}, r"stop_at_step must be an int in \[1, 6\], got 7"),
+        ({"stop_at_step": 1.5}, "stop_at_step must be an int in .* got 1.5"),
+        ({"normal_weight": -1}, "normal_weight must be a number >= 0, got -1"),
+        ({"seen_weight": float("nan")}, "seen_weight must be a number >= 0, got nan"),
+        ({"simulated_weight": -3}, "simulated_weight must be a number >= 0, got -3"),
+        ({"original_weight": True}, "original_weight must be a number >= 0, got True"),
+        (
+            {"normal_weight": 0, "seen_weight": 0, "simulated_weight": 0},
+            "the mix weights must not all be 0",
+        ),
+        # Without few-shot anomalies only the normal and simulated parts are drawn.
+        (
+            {"n_anomalies": 0, "normal_weight": 0, "simulated_weight": 0},
+            r"mix weights must not all be 0, got \{'normal_weight': 0.0, 'simulated_weight': 0.0\}",
+        ),
+        ({"pretrained": "no"}, "pretrained must be True or False, got 'no'"),
+        ({"use_residuals": "false"}, "use_residuals must be True or False, got 'false'"),
+        ({"textures": "/nonexistent"}, "textures must be an existing folder, got '/nonexistent'"),
+        ({"textures": ""}, "textures must be an existing folder, got ''"),
+        ({"recipe": "/nonexistent.yaml"}, "recipe must be an existing file"),
+        ({"weights": "/nonexistent.pt"}, "weights must be an existing file"),
+        ({"category": 3}, "category must be a non-empty string, got 3"),
     ],
 )
 def test_bad_options_fail_before_any_data_is_read(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_train_config(**overrides)
+
+
+def test_dataset_folders_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="normal_dir must be an existing folder, got '/nonexist'"):
+        TrainConfig(dataset="folder", normal_dir="/nonexist")
+    with pytest.raises(ValueError, match="anomaly_dir must be an existing folder"):
+        TrainConfig(dataset="folder", normal_dir=str(tmp_path), anomaly_dir="/nonexist")
+    with pytest.raises(ValueError, match="root must be an existing folder, got '/nonexist'"):
+        TrainConfig(dataset="mtd", root="/nonexist")
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="weights '.*weights.pt' contradicts pretrained=False"):
+        tiny_train_config(weights=str(tmp_path / "weights.pt"))
+
+
+def test_numbers_from_json_and_numpy_seeds_are_accepted():
+    config = TrainConfig.from_dict({"lr": 1, "weight_decay": 0, "normal_weight": 3})
+    assert (config.lr, config.weight_decay, config.normal_weight) == (1.0, 0.0, 3.0)
+    assert isinstance(config.lr, float) and isinstance(config.normal_weight, float)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    seeded = TrainConfig(seed=np.int64(3))
+    assert seeded.seed == 3 and type(seeded.seed) is int  # a plain int in checkpoints
+
+
+@pytest.mark.parametrize(
+    "bad", [["--seed", "-1"], ["--mix", "nan", "1", "1"], ["--textures", "/nonexistent"]]
+)
+def test_recipe_refuses_bad_options_before_writing_anything(tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    assert train_prn_main(["--no-pretrained", "--out", str(out), *bad]) == 2
+    assert "train_prn: error:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no demo-data cache
 
 
 def test_failed_text_write_leaves_nothing_behind(tmp_path):

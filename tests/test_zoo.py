@@ -32,33 +32,33 @@ def _images(n: int = 3, channels: int = 3, size: int = 64, seed: int = 0) -> tor
     return torch.rand((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
 
 
-def test_list_models_and_entries():
+def test_list_models_and_entries(tmp_path):
     assert zoo.list_models() == EXPECTED_MODELS
     assert prn_model.list_models() == EXPECTED_MODELS  # exported lazily by the package
     paper = zoo.get_entry("prn_resnet18_mvtec")
     assert paper.model["backbone"] == "resnet18" and paper.model["image_size"] == 256
     assert paper.train["n_anomalies"] == 10
     assert zoo.get_entry("prn_lite0_mtd").train["dataset"] == "mtd"
-    tuned = zoo.train_config("prn_lite0_mtd_inplace", root="/data")
+    tuned = zoo.train_config("prn_lite0_mtd_inplace", root=str(tmp_path))
     assert (tuned.seen_position, tuned.seen_rotation, tuned.attention_divisors) == (
         "source",
         [0.0, 0.0],
         [1],
     )
-    banked = zoo.train_config("prn_lite0_mtd_bank", root="/data")
+    banked = zoo.train_config("prn_lite0_mtd_bank", root=str(tmp_path))
     assert banked.memory_bank_size == 8192 and banked.memory_bank_weight == 0.5
     assert zoo.create_model("prn_lite0_mtd_bank", pretrained=False).memory_bank is not None
-    banded = zoo.train_config("prn_lite0_mtd_band", root="/data")
+    banded = zoo.train_config("prn_lite0_mtd_band", root=str(tmp_path))
     assert banded.simulated == ["texture", "scar", "band"]
     assert banded.band_sides == ["top", "bottom"]
-    originals = zoo.train_config("prn_lite0_mtd_original", root="/data")
+    originals = zoo.train_config("prn_lite0_mtd_original", root=str(tmp_path))
     assert originals.original_weight == 0.5 and originals.simulated == banded.simulated
-    normalised = zoo.train_config("prn_lite0_mtd_normalised", root="/data")
+    normalised = zoo.train_config("prn_lite0_mtd_normalised", root=str(tmp_path))
     assert normalised.model_config().intensity_normalisation == "image"
     assert normalised.original_weight == 0.5
     model = zoo.create_model("prn_lite0_mtd_normalised", pretrained=False)
     assert model.config.intensity_normalisation == "image"
-    unseen = zoo.train_config("prn_lite0_mtd_unseen", root="/data")
+    unseen = zoo.train_config("prn_lite0_mtd_unseen", root=str(tmp_path))
     assert (unseen.split_by, unseen.prototype_share, unseen.prototype_ratio) == ("group", 0.5, 0.2)
     assert (
         unseen.model_config() == zoo.create_model("prn_lite0_mtd_unseen", pretrained=False).config
@@ -80,11 +80,11 @@ def test_get_entry_returns_a_copy_and_rejects_unknown_names():
         zoo.get_entry("prn_lite7")
 
 
-def test_entries_describe_what_their_training_builds():
+def test_entries_describe_what_their_training_builds(tmp_path):
     """Training an entry must produce exactly the entry's model (run() sets these fields)."""
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
-        config = zoo.train_config(name, root="/data", category="bottle")
+        config = zoo.train_config(name, root=str(tmp_path), category="bottle")
         assert config.model_config() == PRNConfig(**entry.model)
         weights = (config.normal_weight, config.seen_weight, config.simulated_weight)
         assert weights == (2.0, 1.0, 1.0)  # the "prn" mix
@@ -107,12 +107,22 @@ def test_train_config_overrides_and_errors():
         zoo.train_config("prn_lite0", stepz=5)
     with pytest.raises(ValueError, match="prn_lite0_mtd.*root"):
         zoo.train_config("prn_lite0_mtd")  # dataset paths are the caller's
+    with pytest.raises(ValueError, match="'prn_lite0': steps must be an int >= 1, got 2.7"):
+        zoo.train_config("prn_lite0", steps=2.7)
+    with pytest.raises(ValueError, match="'prn_lite0_mtd': root must be an existing folder"):
+        zoo.train_config("prn_lite0_mtd", root="/nonexistent")
 
 
-def test_train_settings_are_the_whole_run_without_dataset_paths():
+def test_create_model_refuses_a_string_for_a_switch():
+    with pytest.raises(ValueError, match="use_residuals must be True or False, got 'no'"):
+        zoo.create_model("prn_lite0", pretrained=False, use_residuals="no")
+
+
+def test_train_settings_are_the_whole_run_without_dataset_paths(tmp_path):
     settings = zoo.train_settings("prn_lite0_mtd_band")
     assert settings["root"] is None and settings["memory_bank_size"] == 8192
-    assert settings == {**zoo.train_config("prn_lite0_mtd_band", root="/d").to_dict(), "root": None}
+    config = zoo.train_config("prn_lite0_mtd_band", root=str(tmp_path))
+    assert settings == {**config.to_dict(), "root": None}
     with pytest.raises(ValueError, match="unknown zoo model 'nope'"):
         zoo.train_settings("nope")
 
@@ -146,7 +156,7 @@ def test_load_model_round_trip_matches_in_memory_model(tmp_path: Path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = zoo.train_config("prn_lite0", backbone="resnet18", image_size=64, pretrained=False)
     path = tmp_path / "checkpoint.pt"
-    _save_checkpoint(path, model, optimizer, scheduler, config.steps, config, Normal(), 3)
+    _save_checkpoint(path, model, optimizer, scheduler, config.steps, config, Normal(), 3, 1.0)
 
     loaded = zoo.load_model(path)
     assert not loaded.training

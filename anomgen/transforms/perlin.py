@@ -13,6 +13,7 @@ import torch
 from anomgen.core import (
     AnomalyTransform,
     check_range,
+    check_seeds,
     make_generator,
     random_int,
     random_uniform,
@@ -76,8 +77,9 @@ class PerlinMaskGenerator:
     def __call__(
         self, size: tuple[int, int], seeds: Sequence[int], device: torch.device | str = "cpu"
     ) -> torch.Tensor:
-        """Masks for ``size`` = (H, W), one per seed."""
-        return self.masks(size, [self.sample_params(make_generator(s)) for s in seeds], device)
+        """Masks for ``size`` = (H, W), one per seed (a non-empty sequence of ints >= 0)."""
+        generators = [make_generator(s) for s in check_seeds(seeds)]
+        return self.masks(size, [self.sample_params(g) for g in generators], device)
 
 
 @register
