@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from anomgen.core import AnomalyTransform, derive_seed
+from anomgen.core import AnomalyTransform, check_seed, derive_seed
 from anomgen.io import list_images, read_image, resize
 
 __all__ = ["SynthesisDataset"]
@@ -47,12 +47,12 @@ class SynthesisDataset(Dataset):
         self.transform = transform
         self.size = (size, size) if isinstance(size, int) else size
         self.channels = channels
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch = check_seed(epoch, "epoch")
 
     def __len__(self) -> int:
         return len(self.sources)

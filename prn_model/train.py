@@ -597,12 +597,8 @@ def _run(
 ) -> dict[str, Any] | None:
     checkpoint_path = out / "checkpoint.pt"
     resuming = resume and checkpoint_path.is_file()
-    if dist_.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resuming:
-            _clear_run(out)
-        if resume and not resuming:
-            print(f"train_prn: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
+    if dist_.main and resume and not resuming:
+        print(f"train_prn: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     earlier_seconds = 0.0  # training time of the processes this run resumes
@@ -634,6 +630,12 @@ def _run(
     model = PRN(model_config, pretrained=config.pretrained, weights_path=config.weights)
     model.input_channels = channels
     model.to(device)
+    # Only now, with data and weights in hand: a run that cannot start leaves no empty folder,
+    # and --overwrite removes the old run only for one that can.
+    if dist_.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resuming:
+            _clear_run(out)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,

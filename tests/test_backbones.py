@@ -397,6 +397,7 @@ def test_training_offline_without_resnet_weights_fails_in_one_line(
         err.startswith("train_prn: error: ImageNet weights for 'resnet18'") and err.count("\n") == 1
     )
     assert str(hub_dir / "checkpoints" / "resnet18-f37072fd.pth") in err
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no empty folder
 
 
 def test_corrupt_cached_file_names_the_cache_path(

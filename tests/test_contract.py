@@ -374,3 +374,16 @@ def test_empty_batch_and_bad_functional_input_are_named():
         cut_paste(torch.rand(3, 16, 16) * 2, (0, 0, 4, 4), (8, 8, 4, 4))
     with pytest.raises(ValueError, match=r"C in \{1,3\}"):
         cut_paste(torch.rand(4, 16, 16), (0, 0, 4, 4), (8, 8, 4, 4))
+
+
+def test_synthesis_dataset_refuses_seeds_it_would_truncate():
+    from anomgen import Normal, SynthesisDataset
+
+    images = [torch.rand(3, 8, 8)]
+    for bad in (1.5, -1, True, "3"):
+        with pytest.raises(ValueError, match="seed must be an int"):
+            SynthesisDataset(images, Normal(), seed=bad)
+    dataset = SynthesisDataset(images, Normal(), seed=np.int64(4))
+    assert dataset.seed == 4 and type(dataset.seed) is int
+    with pytest.raises(ValueError, match="epoch must be an int"):
+        dataset.set_epoch(0.5)
