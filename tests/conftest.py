@@ -83,3 +83,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config = tiny_train_config(steps=2, heatmaps=1, stop_at_step=2)
         run(config, out)
     return out / "checkpoint.pt"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Benchmark mains set torch's thread count for their process; the tests call them in
+    this one, and later tests (and the environment a report records) must not inherit it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -41,6 +41,8 @@ def test_train_recipe_help_shows_every_default_once_and_refuses_resume_with_over
 def test_train_recipe_stores_data_folders_as_absolute_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    (tmp_path / "data" / "mtd").mkdir(parents=True)
+    (tmp_path / "dtd").mkdir()
     monkeypatch.chdir(tmp_path)
     config, *_ = parse_args(["--dataset", "mtd", "--root", "data/mtd", "--textures", "dtd"])
     assert config.root == str(tmp_path / "data" / "mtd")
