@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import check_tile_groups
 from benchmarks.check_tile_groups import appearance_vector, group_agreement, mask_iou
-from tests.conftest import SHARED_DATA
 
 
 def test_appearance_ignores_exposure_and_size():
@@ -53,28 +51,3 @@ def test_mask_iou_per_pair_kind_skips_pairs_of_empty_masks():
     assert np.isnan(mask_iou(empty, ["a", "a"])[0])
     with pytest.raises(ValueError, match="bool"):
         mask_iou(masks.astype(np.uint8), ["a", "a", "b", "b"])
-
-
-@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
-def test_a_root_that_is_no_mtd_copy_is_a_usage_error(kind, tmp_path, capsys):
-    root = {"missing": tmp_path / "nothing", "file": tmp_path / "a.txt", "empty": tmp_path}[kind]
-    (tmp_path / "a.txt").write_text("not a dataset\n")
-    with pytest.raises(SystemExit) as exit_info:
-        check_tile_groups.main(["--root", str(root)])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "--root" in errors[0] and str(root) in errors[0]
-
-
-def test_the_default_root_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
-    roots = []
-
-    def read_mtd(root):
-        roots.append(root)
-        raise FileNotFoundError(f"MTD root not found: {root}")
-
-    monkeypatch.setattr(check_tile_groups, "read_mtd", read_mtd)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        check_tile_groups.main([])
-    assert roots == [SHARED_DATA / "mtd"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import grey_level_stats as script
 from benchmarks.grey_level_stats import grey_level_stats, summarise
-from tests.conftest import SHARED_DATA
 
 
 def test_ground_statistics_leave_out_the_dilated_defect():
@@ -43,28 +41,3 @@ def test_bad_shapes_are_named():
 def test_summary_ignores_undefined_values():
     assert summarise(np.array([np.nan, np.nan])) == "n/a"
     assert summarise(np.array([1.0, 2.0, 3.0, np.nan])).split()[0] == "2.0"
-
-
-@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
-def test_a_root_that_is_no_mtd_copy_is_a_usage_error(kind, tmp_path, capsys):
-    root = {"missing": tmp_path / "nothing", "file": tmp_path / "a.txt", "empty": tmp_path}[kind]
-    (tmp_path / "a.txt").write_text("not a dataset\n")
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(["--root", str(root)])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "--root" in errors[0] and str(root) in errors[0]
-
-
-def test_the_default_root_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
-    roots = []
-
-    def read_mtd(root):
-        roots.append(root)
-        raise FileNotFoundError(f"MTD root not found: {root}")
-
-    monkeypatch.setattr(script, "read_mtd", read_mtd)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        script.main([])
-    assert roots == [SHARED_DATA / "mtd"]

@@ -13,7 +13,6 @@ from benchmarks import patchcore_baseline
 from benchmarks.patchcore_baseline import score_split
 from prn_model.backbones import create_backbone
 from prn_model.data import NORMAL_TYPE, Record
-from tests.conftest import SHARED_DATA
 
 
 def _tile(path: Path, seed: int, defect: tuple[int, int] | None) -> Record:
@@ -59,31 +58,6 @@ def test_memory_bank_alone_scores_the_split_it_rebuilds(square_records):
     assert result["pixel_auroc"] > 0.9
     for name in ("aupro", "pixel_ap"):
         assert 0.0 <= result[name] <= 1.0
-
-
-@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
-def test_a_root_that_is_no_mtd_copy_is_a_usage_error(kind, tmp_path, capsys):
-    root = {"missing": tmp_path / "nothing", "file": tmp_path / "a.txt", "empty": tmp_path}[kind]
-    (tmp_path / "a.txt").write_text("not a dataset\n")
-    with pytest.raises(SystemExit) as exit_info:
-        patchcore_baseline.main(["--root", str(root)])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "--root" in errors[0] and str(root) in errors[0]
-
-
-def test_the_default_root_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
-    roots = []
-
-    def read_mtd(root):
-        roots.append(root)
-        raise FileNotFoundError(f"MTD root not found: {root}")
-
-    monkeypatch.setattr(patchcore_baseline, "read_mtd", read_mtd)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        patchcore_baseline.main([])
-    assert roots == [SHARED_DATA / "mtd"]
 
 
 def test_repeated_seeds_are_refused_by_name(tmp_path, capsys):
