@@ -92,3 +92,14 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def expect_usage_error(main, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one error line of a command-line ``main``, which must exit 2 without a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    return errors[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import bench_memory_bank
+from tests.conftest import expect_usage_error
 
 
 @pytest.mark.slow
@@ -27,8 +28,4 @@ def test_fewer_normals_than_the_prototype_sample_and_an_unfillable_size(capsys):
     ],
 )
 def test_bad_settings_exit_2_naming_the_value(argv, named, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench_memory_bank.main(argv)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "error:" in error and named in error
+    assert named in expect_usage_error(bench_memory_bank.main, argv, capsys)

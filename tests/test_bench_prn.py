@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from benchmarks import bench_prn
+from tests.conftest import expect_usage_error
 
 
 @pytest.mark.parametrize(
@@ -20,11 +21,7 @@ from benchmarks import bench_prn
     ],
 )
 def test_bad_settings_exit_2_naming_the_value(argv, named, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench_prn.main(argv)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "error:" in error and named in error
+    assert named in expect_usage_error(bench_prn.main, argv, capsys)
 
 
 def test_every_setting_is_passed_to_the_measuring_process(monkeypatch, capsys):

@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 from prn_model.train import run
-from tests.conftest import tiny_train_config
+from tests.conftest import expect_usage_error, tiny_train_config
 
 SCRIPTS = (
     "ablate_flip_tta",
@@ -37,15 +37,8 @@ def unfinished_checkpoint(tmp_path_factory):
 
 
 def usage_error(script: str, argv: list[str], capsys) -> str:
-    """The one error line of ``script``'s main, which must exit 2 without a traceback."""
-    main = importlib.import_module(f"benchmarks.{script}").main
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "Traceback" not in err
-    return errors[0]
+    """The one error line of ``benchmarks/<script>.py``'s main (see ``expect_usage_error``)."""
+    return expect_usage_error(importlib.import_module(f"benchmarks.{script}").main, argv, capsys)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import check_tile_groups, grey_level_stats, patchcore_baseline
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, expect_usage_error
 
 SCRIPTS = [check_tile_groups, grey_level_stats, patchcore_baseline]
 
@@ -15,11 +15,8 @@ SCRIPTS = [check_tile_groups, grey_level_stats, patchcore_baseline]
 def test_a_root_that_is_no_mtd_copy_is_a_usage_error(script, kind, tmp_path, capsys):
     root = {"missing": tmp_path / "nothing", "file": tmp_path / "a.txt", "empty": tmp_path}[kind]
     (tmp_path / "a.txt").write_text("not a dataset\n")
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(["--root", str(root)])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "--root" in errors[0] and str(root) in errors[0]
+    error = expect_usage_error(script.main, ["--root", str(root)], capsys)
+    assert "--root" in error and str(root) in error
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda module: module.__name__.split(".")[-1])
