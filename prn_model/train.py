@@ -97,6 +97,10 @@ _MIX_WEIGHTS = (
     "original_weight",
     "augmented_original_weight",
 )
+# TrainConfig's paths; the recipe stores them absolute, older checkpoints may hold them relative.
+FOLDER_FIELDS = ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures")
+FILE_FIELDS = ("weights", "recipe")
+PATH_FIELDS = FOLDER_FIELDS + FILE_FIELDS
 # Keys that may differ between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 # DDP's stride warning for a (C, 1, kh, kw) gradient (re.match, DOTALL: the message spans lines).
@@ -226,9 +230,9 @@ class TrainConfig:
             raise ValueError("dataset 'folder' needs --normal-dir")
         if self.category is not None and not (isinstance(self.category, str) and self.category):
             raise ValueError(f"category must be a non-empty string, got {self.category!r}")
-        for name in ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures"):
+        for name in FOLDER_FIELDS:
             _check_path(name, getattr(self, name), folder=True)
-        for name in ("weights", "recipe"):
+        for name in FILE_FIELDS:
             _check_path(name, getattr(self, name), folder=False)
         if self.weights is not None and not self.pretrained:
             raise ValueError(f"weights {self.weights!r} contradicts pretrained=False")
@@ -528,6 +532,12 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
             f"({error}); use a new --out directory"
         ) from None
     current = config.to_dict()
+    # A relative path (checkpoints written before paths were stored absolute) names the same
+    # folder as its absolute form when resumed from the same working folder.
+    for values in (saved, current):
+        for key in PATH_FIELDS:
+            if values.get(key) is not None:
+                values[key] = str(Path(values[key]).expanduser().resolve())
     differing = sorted(
         k
         for k in set(saved) | set(current)

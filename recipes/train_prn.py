@@ -21,10 +21,8 @@ from prn_model.backbones import list_backbones
 from prn_model.data import SPLIT_UNITS
 from prn_model.network import INTENSITY_NORMALISATIONS
 from prn_model.prototypes import MATCHING_MODES
-from prn_model.train import DATASETS, SIMULATION_STRATEGIES, TrainConfig, run
+from prn_model.train import DATASETS, PATH_FIELDS, SIMULATION_STRATEGIES, TrainConfig, run
 from prn_model.zoo import list_models, train_settings
-
-_PATH_FIELDS = ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures", "weights", "recipe")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool, bool]:
@@ -277,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool, 
     values["use_residuals"] = defaults.use_residuals and not args.no_residuals
     values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
     # Stored absolute, so the checkpoint can be re-scored from any working folder.
-    for key in _PATH_FIELDS:
+    for key in PATH_FIELDS:
         if values[key] is not None:
             values[key] = str(Path(values[key]).expanduser().resolve())
     return TrainConfig(**values), args.out, args.resume, args.overwrite

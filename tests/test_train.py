@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from prn_model import train as train_module
 from prn_model import zoo
@@ -118,6 +119,22 @@ def test_train_seconds_add_up_across_resumptions(tmp_path):
     again = run(tiny_train_config(), out, resume=True)
     assert again["train_seconds"] == metrics["train_seconds"]
     assert json.loads((out / "metrics.json").read_text())["train_seconds"] == round(total, 1)
+
+
+def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatch):
+    # Checkpoints written before the recipe stored paths absolute hold them as typed.
+    (tmp_path / "textures").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "textures" / "noise.png")
+    config = tiny_train_config(stop_at_step=3, textures=str(tmp_path / "textures"))
+    run(config, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    payload["config"]["textures"] = "textures"
+    torch.save(payload, path)
+    monkeypatch.chdir(tmp_path)
+    run(tiny_train_config(textures=str(tmp_path / "textures")), "run", resume=True)
+    assert load_checkpoint(path)["step"] == 6
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):
