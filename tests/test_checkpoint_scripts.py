@@ -13,6 +13,7 @@ from tests.conftest import expect_usage_error, tiny_train_config
 
 SCRIPTS = (
     "ablate_flip_tta",
+    "ablate_map_smoothing",
     "ablate_top_k",
     "analyse_pixel_errors",
     "fusion_upper_bound",
@@ -70,6 +71,24 @@ def test_flip_tta_plain_row_is_the_runs_own_metrics(bank_run):
     plain = flip_metrics(model, config, split)["plain"]
     for name in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"):
         assert plain[name] == pytest.approx(metrics[name], abs=1e-6), name
+
+
+def test_unsmoothed_row_is_the_runs_own_metrics_and_blurring_changes_the_maps(bank_run):
+    from benchmarks._cli import load_run
+    from benchmarks.ablate_map_smoothing import smoothing_metrics
+
+    checkpoint, metrics = bank_run
+    model, config, split = load_run(argparse.ArgumentParser(), checkpoint)
+    rows = smoothing_metrics(model, config, split, [0.0, 4.0])
+    for name in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"):
+        assert rows[0.0][name] == pytest.approx(metrics[name], abs=1e-6), name
+    assert rows[4.0]["pixel_auroc"] != rows[0.0]["pixel_auroc"]
+
+
+@pytest.mark.parametrize("sigmas", [["-1"], ["nan"], ["2", "2"]])
+def test_bad_sigmas_are_refused_before_any_map(sigmas, tmp_path, capsys):
+    argv = [str(tmp_path / "unread.pt"), "--sigmas", *sigmas]
+    assert "--sigmas" in usage_error("ablate_map_smoothing", argv, capsys)
 
 
 @pytest.mark.parametrize("k", ["0", "-3"])
