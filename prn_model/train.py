@@ -608,7 +608,7 @@ def _run(
     checkpoint_path = out / "checkpoint.pt"
     resuming = resume and checkpoint_path.is_file()
     if dist_.main and resume and not resuming:
-        print(f"train_prn: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
+        print(f"prn_model.train: no checkpoint in {str(out)!r}; starting afresh", file=sys.stderr)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     earlier_seconds = 0.0  # training time of the processes this run resumes

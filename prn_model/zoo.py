@@ -590,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prn_model.zoo: error: {error}", file=sys.stderr)
         return 2
     print("\n\n".join(_describe(entry) for entry in entries))
+    print(
+        "\n(commands as run in a checkout; installed, `python recipes/train_prn.py` is"
+        " `prn-train`, and recipes/benchmark_mtd.py needs the checkout)"
+    )
     return 0
 
 

@@ -386,7 +386,7 @@ def test_resnet_offline_error_names_the_expected_cache_path(
 def test_training_offline_without_resnet_weights_fails_in_one_line(
     tmp_path: Path, hub_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from recipes.train_prn import main
+    from prn_model.train_cli import main
 
     missing = tmp_path / "nowhere" / "resnet18-f37072fd.pth"
     monkeypatch.setitem(backbones.WEIGHT_URLS, "resnet18", missing.as_uri())
@@ -394,7 +394,7 @@ def test_training_offline_without_resnet_weights_fails_in_one_line(
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert (
-        err.startswith("train_prn: error: ImageNet weights for 'resnet18'") and err.count("\n") == 1
+        err.startswith("prn-train: error: ImageNet weights for 'resnet18'") and err.count("\n") == 1
     )
     assert str(hub_dir / "checkpoints" / "resnet18-f37072fd.pth") in err
     assert not (tmp_path / "run").exists()  # a run that cannot start leaves no empty folder

@@ -29,9 +29,9 @@ from prn_model.train import (
     read_records,
     run,
 )
+from prn_model.train_cli import main as train_prn_main
+from prn_model.train_cli import parse_args
 from prn_model.zoo import load_model
-from recipes.train_prn import main as train_prn_main
-from recipes.train_prn import parse_args
 from tests.conftest import tiny_train_config
 from tests.test_data import tiled_records  # noqa: F401  (fixture)
 
@@ -383,7 +383,8 @@ def test_recipe_cli_errors():
         text=True,
         timeout=120,
     )
-    assert result.returncode == 2 and "needs --root" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("train_prn: error:")
+    assert "needs --root" in result.stderr
 
 
 def test_torchrun_two_cpu_processes_agree(tmp_path):
@@ -581,7 +582,7 @@ def test_numbers_from_json_and_numpy_seeds_are_accepted():
 def test_recipe_refuses_bad_options_before_writing_anything(tmp_path, capsys, bad):
     out = tmp_path / "run"
     assert train_prn_main(["--no-pretrained", "--out", str(out), *bad]) == 2
-    assert "train_prn: error:" in capsys.readouterr().err
+    assert "prn-train: error:" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no run folder, no demo-data cache
 
 

@@ -1,4 +1,4 @@
-"""recipes/train_prn.py's command line: help text, exclusive switches, stored paths."""
+"""prn-train's command line (recipes/train_prn.py in a checkout): help, switches, paths."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.train_prn import parse_args
+from prn_model.train_cli import parse_args
 
 
 def test_train_recipe_help_shows_every_default_once_and_refuses_resume_with_overwrite(
@@ -47,3 +47,14 @@ def test_train_recipe_stores_data_folders_as_absolute_paths(
     config, *_ = parse_args(["--dataset", "mtd", "--root", "data/mtd", "--textures", "dtd"])
     assert config.root == str(tmp_path / "data" / "mtd")
     assert config.textures == str(tmp_path / "dtd")
+
+
+def test_prn_train_is_an_installed_command_and_the_recipe_its_checkout_twin(capsys):
+    from importlib.metadata import entry_points
+
+    from prn_model import train_cli
+
+    (script,) = entry_points(group="console_scripts", name="prn-train")
+    assert script.load() is train_cli.main
+    assert train_cli.main(["--steps", "0"]) == 2
+    assert capsys.readouterr().err.startswith("prn-train: error: steps must be an int >= 1")

@@ -14,6 +14,7 @@ def test_lists_every_entry_with_its_measured_figures(capsys: pytest.CaptureFixtu
     entry = get_entry("prn_lite0_mtd_normalised")
     assert f"aupro {entry.results['aupro']}" in out
     assert f"by: {entry.results['command']}" in out
+    assert out.rstrip().endswith("is `prn-train`, and recipes/benchmark_mtd.py needs the checkout)")
     assert main(["prn_resnet18_mvtec"]) == 0
     assert "measured: not yet" in capsys.readouterr().out
 
