@@ -329,6 +329,21 @@ def _native_hw(path: Path) -> tuple[int, int]:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
+def image_channels(records: Iterable[Record]) -> int:
+    """1 when every record's image file is grayscale, else 3: a dataset mixing both is loaded
+    as colour (grey replicated, nothing lost), so all its tensors stack. Reads headers only."""
+    for record in records:
+        path = _require_file(Path(record.image))
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+        if mode not in {"1", "L", "LA"} and not mode.startswith("I;16"):
+            return 3
+    return 1
+
+
 def _resize(pixels: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.ndarray:
     resized = cv2.resize(pixels, (hw[1], hw[0]), interpolation=interpolation)
     return resized.reshape(hw[0], hw[1], pixels.shape[2])
@@ -409,10 +424,11 @@ def load_record(
 
 
 def load_records(
-    records: Sequence[Record], size: Size | None = None
+    records: Sequence[Record], size: Size | None = None, grayscale: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, H, W) and masks (N, 1, H, W) of ``records``, all at ``size``."""
-    images, masks = zip(*(load_record(r, size) for r in records))
+    """Images (N, C, H, W) and masks (N, 1, H, W) of ``records``, all at ``size``
+    (``grayscale`` as in ``load_image``; None needs files of one channel count)."""
+    images, masks = zip(*(load_record(r, size, grayscale) for r in records))
     return torch.stack(images), torch.stack(masks)
 
 

@@ -58,6 +58,7 @@ from prn_model.data import (
     Record,
     Split,
     group_key,
+    image_channels,
     load_image,
     load_records,
     make_split,
@@ -365,7 +366,13 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
 def read_records(config: TrainConfig, cache_dir: Path) -> list[Record]:
     """The dataset's records; the demo dataset is built on first use under ``cache_dir``."""
     if config.dataset == "demo":
-        root = build_demo_dataset(cache_dir / "demo_data", seed=0)
+        try:
+            root = build_demo_dataset(cache_dir / "demo_data", seed=0)
+        except OSError as error:
+            raise OSError(
+                f"cannot build the demo data in {str(cache_dir)!r} (beside the output folder): "
+                f"{error}"
+            ) from None
         return read_mvtec(root, "demo_texture")
     if config.dataset == "mvtec":
         return read_mvtec(config.root, config.category)
@@ -422,7 +429,16 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     if config.recipe:
         import yaml
 
-        return from_dict(yaml.safe_load(Path(config.recipe).read_text()))
+        try:
+            recipe = yaml.safe_load(Path(config.recipe).read_text())
+        except yaml.YAMLError as error:  # one line: the fault and where it is
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(
+                f"recipe {config.recipe!r} is not valid YAML: {reason}{where}"
+            ) from None
+        return from_dict(recipe)
     simulated = OneOf([_SIMULATIONS[name](config) for name in config.simulated])
     if not split.few_shot:
         return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
@@ -455,10 +471,7 @@ class _StepBatches:
     """
 
     def __init__(self, n: int, batch_size: int, steps: int, start: int, seed: int, dist_: _Dist):
-        if batch_size % dist_.world:
-            raise ValueError(
-                f"batch_size {batch_size} must be divisible by the {dist_.world} processes"
-            )
+        _check_batch_share(batch_size, dist_.world)
         self.n, self.batch_size, self.steps, self.start = n, batch_size, steps, start
         self.seed, self.dist = seed, dist_
 
@@ -477,6 +490,12 @@ class _StepBatches:
                 int(order[(offset * self.batch_size + j) % self.n]) for j in range(self.batch_size)
             ]
             yield [(i, epoch) for i in picks[self.dist.rank :: self.dist.world]]
+
+
+def _check_batch_share(batch_size: int, world: int) -> None:
+    """Every process takes an equal share of each (global) batch."""
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} processes")
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -572,6 +591,7 @@ def run(
     device = _resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     dist_ = _init_distributed(device)
     try:
+        _check_batch_share(config.batch_size, dist_.world)  # before any folder is touched
         return _run(config, out, resume, overwrite, device, dist_)
     finally:
         if dist_.world > 1:
@@ -622,14 +642,14 @@ def _run(
         records = read_records(config, out.parent / ".cache")
     split = config_split(config, records)
     transform = build_transform(config, split)
-    normal_paths = [r.image for r in split.train_normal]
+    # One channel count for every image of the run (what exports should expect, too).
+    channels = image_channels([*split.train_normal, *split.few_shot, *split.test])
     dataset = SynthesisDataset(
-        [load_image(p, config.image_size) for p in normal_paths],
+        [load_image(r.image, config.image_size, channels == 1) for r in split.train_normal],
         transform,
         seed=config.seed,
     )
     model_config = config.model_config()
-    channels = int(dataset.load(0).shape[0])  # what exports should expect
     start, payload = 0, None
     if resuming:
         payload = load_checkpoint(checkpoint_path)
@@ -864,10 +884,11 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Metrics on the test set at ``image_size`` (masks resized with nearest neighbour)."""
     model.eval()
+    grayscale = {1: True, 3: False}.get(model.input_channels)  # type: ignore[arg-type]
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(split.test), 16), desc="evaluate", unit="batch"):
         chunk = split.test[start : start + 16]
-        images, chunk_masks = load_records(chunk, config.image_size)
+        images, chunk_masks = load_records(chunk, config.image_size, grayscale)
         probabilities = model.anomaly_map(images.to(device)).float()
         scores.append(model.image_score(probabilities).cpu())
         maps.append(probabilities[:, 0].cpu())
@@ -877,7 +898,7 @@ def evaluate_split(
     labels = np.array([r.label for r in split.test])
     types = [r.defect_type for r in split.test]
     metrics = evaluate(score, labels, all_maps, all_masks, types)
-    _write_heatmaps(split.test, score, all_maps, all_masks, labels, config, out)
+    _write_heatmaps(split.test, score, all_maps, all_masks, labels, config, out, grayscale)
     return metrics
 
 
@@ -889,6 +910,7 @@ def _write_heatmaps(
     labels: np.ndarray,
     config: TrainConfig,
     out: Path,
+    grayscale: bool | None,
 ) -> None:
     """Heatmap overlays: best-detected and most-missed anomalies, and worst false alarms."""
     from PIL import Image
@@ -907,7 +929,7 @@ def _write_heatmaps(
             continue
         rows = []
         for i in indices:
-            image = load_image(records[i].image, config.image_size)
+            image = load_image(records[i].image, config.image_size, grayscale)
             row = heatmap_overlay(image, maps[i], masks[i])
             cv2.putText(
                 row,

@@ -22,6 +22,7 @@ from prn_model.network import PRN
 from prn_model.prototypes import num_prototypes
 from prn_model.train import (
     TrainConfig,
+    _Dist,
     build_transform,
     load_checkpoint,
     memory_bank_split,
@@ -135,6 +136,46 @@ def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     run(tiny_train_config(textures=str(tmp_path / "textures")), "run", resume=True)
     assert load_checkpoint(path)["step"] == 6
+
+
+def test_a_folder_mixing_grey_and_colour_images_trains_in_colour(tmp_path):
+    from tests.test_data import write_image, write_mask
+
+    for i in range(12):
+        mode = "RGB" if i % 3 == 0 else "L"
+        write_image(tmp_path / f"good/{i:02d}.png", (64, 64), 90 + 5 * i, mode)
+    for i in range(4):
+        write_image(tmp_path / f"bad/dent/{i}.png", (64, 64), 200, "L")
+        write_mask(tmp_path / f"masks/dent/{i}.png", (64, 64))
+    folders = {k: str(tmp_path / v) for k, v in (("normal_dir", "good"), ("anomaly_dir", "bad"))}
+    config = tiny_train_config(
+        dataset="folder", mask_dir=str(tmp_path / "masks"), n_anomalies=2, steps=2, **folders
+    )
+    metrics = run(config, tmp_path / "run")
+    assert (
+        metrics is not None and load_model(tmp_path / "run" / "checkpoint.pt").input_channels == 3
+    )
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_before_the_folder_is_touched(
+    tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # a finished run --overwrite would replace
+    monkeypatch.setattr(train_module, "_init_distributed", lambda device: _Dist(0, 2, 0))
+    monkeypatch.setattr(train_module.dist, "destroy_process_group", lambda: None)
+    with pytest.raises(ValueError, match="batch_size 3 must be divisible by the 2 processes"):
+        run(tiny_train_config(batch_size=3), out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+
+
+def test_a_recipe_that_is_not_yaml_is_one_clear_error(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("type: [1, 2\n")
+    with pytest.raises(ValueError, match=r"recipe .*recipe\.yaml' is not valid YAML: .*line 2"):
+        run(tiny_train_config(recipe=str(recipe)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):
