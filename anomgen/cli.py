@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from anomgen.core import AnomalyTransform, from_dict, registered_transforms
+from anomgen.core import AnomalyTransform, check_seed, from_dict, registered_transforms
 from anomgen.io import list_images
 from anomgen.presets import PRESETS, build_preset
-from anomgen.preview import check_png_path, render_preview, save_png_atomic
+from anomgen.preview import check_grid, check_png_path, render_preview, save_png_atomic
 
 __all__ = ["main"]
 
@@ -58,12 +58,21 @@ def _load_config(path: Path) -> AnomalyTransform:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML/JSON: {error}") from None
+        # PyYAML's message spans several lines; the CLI promises one.
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(
+            f"config file {str(path)!r} is not valid YAML/JSON: {problem}{where}"
+        ) from None
     return from_dict(config)
 
 
 def _preview(args: argparse.Namespace) -> None:
     check_png_path(args.out)
+    # Checked before any data loads (texture and anomaly pools take seconds).
+    check_seed(args.seed, "--seed")
+    check_grid(args.n, args.size)
     images = list_images(args.images)
     if args.config is not None:
         given = [f"--{n}" for n in ("textures", "anomalies", "masks") if getattr(args, n)]

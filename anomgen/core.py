@@ -15,6 +15,7 @@ parameters never depend on which batch it lands in.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,10 +27,16 @@ from PIL import Image
 __all__ = [
     "AnomalyTransform",
     "Synthesis",
+    "check_int",
+    "check_int_range",
+    "check_keys",
+    "check_names",
     "check_range",
     "check_seed",
     "check_seeds",
+    "check_size",
     "derive_seed",
+    "finite_number",
     "from_dict",
     "make_generator",
     "random_int",
@@ -48,7 +55,21 @@ _SEED_LIMIT = 2**64
 
 
 def register(cls: type[AnomalyTransform]) -> type[AnomalyTransform]:
-    """Class decorator adding a transform to the registry used by ``from_dict``."""
+    """Class decorator adding a transform to the registry used by ``from_dict``.
+
+    Only dataclass transforms serialise (``to_dict`` reads their fields), and a name stays
+    bound to one class: silently replacing a built-in would change what configs build.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyTransform)):
+        raise ValueError(f"register takes an AnomalyTransform subclass, got {cls!r}")
+    if not dataclasses.is_dataclass(cls):
+        raise ValueError(f"{cls.__name__} must be a dataclass (decorate it with @dataclass)")
+    known = _REGISTRY.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"a transform named {cls.__name__!r} is already registered ({known.__module__}); "
+            "give yours another name"
+        )
     _REGISTRY[cls.__name__] = cls
     return cls
 
@@ -61,7 +82,12 @@ def registered_transforms() -> dict[str, type[AnomalyTransform]]:
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys, e.g. ``(base_seed, epoch, index)``.
 
-    SeedSequence mixes the keys so that neighbouring indices give unrelated streams.
+    SeedSequence mixes the keys so that neighbouring indices give unrelated streams. It
+    reads them as one list of 32-bit words (a key of 2**32 or more is split, low word
+    first), so only key tuples of the same length whose keys are all below 2**32 are sure
+    to be told apart. Others can coincide: up to four words, trailing zero keys are ignored
+    (``derive_seed(s) == derive_seed(s, 0)``), and ``derive_seed(2**32, 0)`` equals
+    ``derive_seed(0, 1)``. Changing that would change every published stream.
     """
     if not all(_is_seed(k) for k in keys):
         raise ValueError(f"seed keys must be ints in [0, 2**64), got {keys}")
@@ -96,6 +122,70 @@ def check_seeds(seeds: Any, n: int | None = None) -> list[int]:
     if n is not None and len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
     return [check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
+
+
+def finite_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a float, or a ValueError naming it when not finite and in [low, high]."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    return number
+
+
+def check_int(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> int:
+    """``value`` as a plain int in [low, high]. numpy integers count; a bool or a float
+    (even 3.0) is an error rather than a silent truncation."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a plain bool: ``bool("false")`` is True, so strings are refused."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_size(name: str, value: Any) -> tuple[int, int]:
+    """An image size as ``(H, W)``: one positive int for a square, or a pair of them."""
+    if isinstance(value, str | bytes) or not isinstance(value, int | np.integer | Sequence):
+        raise ValueError(f"{name} must be an int or an (H, W) pair of ints, got {value!r}")
+    pair = (value, value) if isinstance(value, int | np.integer) else value
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or an (H, W) pair of ints, got {value!r}")
+    height, width = (check_int(name, v, 1) for v in pair)
+    return height, width
+
+
+def check_names(
+    name: str, value: Any, choices: Sequence[str], distinct: bool = True
+) -> tuple[str, ...]:
+    """``value`` as a tuple of plain strings among ``choices`` (a list, not one string)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"{name} must be a list of names among {tuple(choices)}, got {value!r}")
+    names = tuple(str(v) if isinstance(v, str) else v for v in value)
+    if any(n not in choices for n in names) or (distinct and len(set(names)) != len(names)):
+        kind = "distinct names" if distinct else "names"
+        raise ValueError(f"{name} must be {kind} among {tuple(choices)}, got {value!r}")
+    return names
+
+
+def check_keys(name: str, params: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """``params`` if it is a dict holding every key in ``keys`` (hand-edited replay input)."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{name} parameters must be a dict, got {params!r:.80}")
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ValueError(f"{name} parameters lack {missing}; got keys {sorted(params)}")
+    return params
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -223,6 +313,8 @@ class AnomalyTransform:
     preserves_outside: ClassVar[bool] = True
     # Transforms that never make anomalies (the normal pass-through) set this False.
     makes_anomalies: ClassVar[bool] = True
+    # The keys of ``params`` that ``apply`` reads, checked by ``replay``.
+    param_keys: ClassVar[tuple[str, ...]] = ()
 
     @property
     def name(self) -> str:
@@ -259,6 +351,14 @@ class AnomalyTransform:
         for i, (image, p) in enumerate(zip(images, params)):
             out[i], masks[i] = self.apply(image, p)
         return out, masks
+
+    def check_params(self, params: Any) -> None:
+        """Raise a ValueError naming what hand-edited ``params`` lack or get wrong, before
+        ``apply`` fails on it with a bare KeyError (or silently does something else).
+
+        Checks ``param_keys``; subclasses add the values ``apply`` does not check itself.
+        """
+        check_keys(self.name, params, self.param_keys)
 
     def expects_anomaly(self, params: dict[str, Any]) -> bool:
         """Whether ``params`` should give an anomaly (False for the normal pass-through)."""
@@ -338,6 +438,7 @@ class AnomalyTransform:
                 raise ValueError(
                     f"replay takes meta['params'], not the whole meta dict (got keys {sorted(p)})"
                 )
+            self.check_params(p)
         images, masks = self.apply_batch(batch, plist)
         flags = self._flags(batch, images, masks, plist, kind)
         return self._finish(images, masks, plist, flags, kind)
@@ -386,6 +487,8 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, np.generic):  # e.g. a numpy string, which YAML cannot dump
+        return value.item()
     return value
 
 
@@ -404,7 +507,7 @@ def from_dict(config: dict[str, Any]) -> AnomalyTransform:
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"a transform config needs a 'type' key, got {config!r}")
     name = config["type"]
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
@@ -429,6 +532,14 @@ def check_range(name: str, value: Sequence[float], low: float, high: float) -> t
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from None
-    if not (low <= lo <= hi <= high):
+    if any(isinstance(v, bool) for v in value) or not (low <= lo <= hi <= high):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
     return lo, hi
+
+
+def check_int_range(name: str, value: Sequence[int], low: int, high: int) -> tuple[int, int]:
+    """A ``(min, max)`` range of integers inside [low, high] (whole floats such as 2.0 too)."""
+    lo, hi = check_range(name, value, low, high)
+    if lo != int(lo) or hi != int(hi):
+        raise ValueError(f"{name} must hold integers, got {value!r}")
+    return int(lo), int(hi)

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from anomgen.core import AnomalyTransform, check_seed, derive_seed
-from anomgen.io import list_images, read_image, resize
+from anomgen.core import AnomalyTransform, check_int, check_seed, check_size, derive_seed
+from anomgen.functional.geometry import match_channels
+from anomgen.io import check_channels, list_images, read_image, resize
 
 __all__ = ["SynthesisDataset"]
 
@@ -21,6 +22,10 @@ class SynthesisDataset(Dataset):
     Item ``i`` of epoch ``e`` is synthesized with ``derive_seed(seed, e, i)``: it is the
     same whatever the number of DataLoader workers or the batch it lands in, and needs no
     worker seeding. Call ``set_epoch`` between epochs for fresh samples.
+
+    ``images`` is a folder, a list of image files or a list of (C,H,W) float tensors in
+    [0, 1]. ``size`` (an int or ``(H, W)``) resizes them; ``channels`` 1 or 3 converts
+    them (files as ``read_image`` reads them, tensors to luma grey or repeated RGB).
 
     Items are dicts: ``image`` (C,H,W), ``mask`` (1,H,W), ``label`` (0-dim float),
     ``strategy`` (str) and ``index``.
@@ -40,13 +45,19 @@ class SynthesisDataset(Dataset):
         self.sources = list(images)
         if not self.sources:
             raise ValueError("SynthesisDataset needs at least one normal image")
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, str | Path | torch.Tensor):
+                raise ValueError(
+                    "images must be a folder, image files or (C,H,W) tensors; "
+                    f"images[{i}] is a {type(source).__name__}"
+                )
         if not isinstance(transform, AnomalyTransform):
             raise ValueError(
                 f"transform must be an anomgen transform, got {type(transform).__name__}"
             )
         self.transform = transform
-        self.size = (size, size) if isinstance(size, int) else size
-        self.channels = channels
+        self.size = None if size is None else check_size("size", size)
+        self.channels = check_channels(channels)
         self.seed = check_seed(seed)
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
@@ -62,7 +73,12 @@ class SynthesisDataset(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         source = self.sources[index]
-        image = source if isinstance(source, torch.Tensor) else read_image(source, self.channels)
+        if not isinstance(source, torch.Tensor):
+            image = read_image(source, self.channels)
+        elif self.channels is not None:
+            image = match_channels(source, self.channels)
+        else:
+            image = source
         if self.size is not None:
             image = resize(image, self.size)
         if self._cache is not None:
@@ -72,8 +88,10 @@ class SynthesisDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Item ``index``, or ``(index, epoch)`` from a sampler that tracks epochs itself
         (the epoch then travels with the request, so DataLoader workers need no state)."""
+        if isinstance(key, tuple) and len(key) != 2:
+            raise ValueError(f"an item key is an index or an (index, epoch) pair, got {key!r}")
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        if not 0 <= index < len(self):
+        if not 0 <= check_int("index", index) < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         result = self.transform(self.load(index), seed=derive_seed(self.seed, epoch, index))
         return {

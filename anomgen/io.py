@@ -17,7 +17,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "AnomalyPool", "TexturePool", "list_images", "read_image", "read_mask"]
+from anomgen.core import check_int
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "AnomalyPool",
+    "TexturePool",
+    "check_channels",
+    "check_texture",
+    "list_images",
+    "read_image",
+    "read_mask",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # MTD and MVTec masks are anti-aliased 8-bit images: a pixel is defective from 128 up.
@@ -30,9 +41,7 @@ def list_images(directory: str | Path, exclude_suffix: str | None = None) -> lis
     A ``.png`` sharing its name with another image beside it is that image's mask (the
     raw MTD layout keeps ``name.jpg`` and its mask ``name.png`` together) and is skipped.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"image folder {str(directory)!r} does not exist")
+    directory = _folder(directory, "image folder")
     candidates = [
         p
         for p in directory.iterdir()
@@ -49,6 +58,15 @@ def list_images(directory: str | Path, exclude_suffix: str | None = None) -> lis
             f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(directory)!r}"
         )
     return files
+
+
+def _folder(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, or a FileNotFoundError saying whether it is missing or a file."""
+    path = Path(path)
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{what} {str(path)!r} {problem}")
+    return path
 
 
 def _open(path: Path) -> Image.Image:
@@ -97,15 +115,20 @@ def _float_array(path: Path, channels: int | None) -> np.ndarray:
     return array / 255.0
 
 
+def check_channels(channels: Any) -> int | None:
+    """``channels`` as None, 1 or 3 (numpy integers too; True or 3.0 are errors)."""
+    if channels is not None and check_int("channels", channels, 1, 3) == 2:
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    return None if channels is None else int(channels)
+
+
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """A float (C,H,W) tensor in [0, 1]; ``channels`` 1 or 3 forces grayscale or RGB.
 
     With ``channels=None`` grayscale files (8-bit, 16-bit or float) stay 1-channel and
     everything else becomes RGB. 16-bit files keep their full precision.
     """
-    if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-    array = _float_array(Path(path), channels)
+    array = _float_array(Path(path), check_channels(channels))
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
@@ -151,6 +174,11 @@ def texture_pool(value: str | Path | TexturePool | None, name: str) -> TexturePo
     raise ValueError(f"{name} must be a folder, a TexturePool or None, got {value!r:.80}")
 
 
+def check_texture(index: Any, pool: TexturePool | None, name: str = "texture") -> int:
+    """A logged texture (or source) index: one into ``pool``, or -1 for the image itself."""
+    return check_int(name, index, -1, -1 if pool is None else len(pool) - 1)
+
+
 class TexturePool:
     """Anomaly-source textures (DTD in DRAEM), decoded once and kept in memory.
 
@@ -162,9 +190,7 @@ class TexturePool:
 
     def __init__(self, source: str | Path | Sequence[torch.Tensor]):
         if isinstance(source, str | Path):
-            root = Path(source)
-            if not root.is_dir():
-                raise FileNotFoundError(f"texture folder {str(root)!r} does not exist")
+            root = _folder(source, "texture folder")
             files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise FileNotFoundError(f"no texture images in {str(root)!r}")
@@ -282,16 +308,16 @@ def _checked_tensor(tensor: Any, what: str) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ValueError(f"{what} must be a (C,H,W) tensor with C in {{1,3}}, got {shape}")
-    if not tensor.is_floating_point() or tensor.min() < 0 or tensor.max() > 1:
-        raise ValueError(f"{what} must be float in [0, 1]")
+    # Written so that NaN fails: every comparison with it is False.
+    if not (tensor.is_floating_point() and bool(tensor.min() >= 0) and bool(tensor.max() <= 1)):
+        raise ValueError(f"{what} must be float with finite values in [0, 1]")
     return tensor.float()
 
 
 def _find_anomaly_files(images: Path, masks: Path | None) -> list[tuple[Path, Path]]:
     """Pair each anomalous image with its mask, failing on the first image without one."""
-    if masks is not None and not masks.is_dir():
-        problem = "is not a folder" if masks.exists() else "does not exist"
-        raise FileNotFoundError(f"mask folder {str(masks)!r} {problem}")
+    if masks is not None:
+        _folder(masks, "mask folder")
     files = list_images(images, exclude_suffix="_mask")
     pairs = []
     for file in files:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from anomgen.core import AnomalyTransform, derive_seed
+from anomgen.core import AnomalyTransform, check_seed, derive_seed
 from anomgen.io import read_image, resize
 
-__all__ = ["render_preview", "save_png_atomic"]
+__all__ = ["check_grid", "render_preview", "save_png_atomic"]
 
 CAPTION_HEIGHT = 18
 GAP = 4
@@ -36,6 +36,14 @@ def _outlined(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
     return out
 
 
+def check_grid(n: int, size: int) -> None:
+    """Validate the sample count and image side (the CLI does so before loading any data)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 px, got {size}")
+
+
 def render_preview(
     image_paths: Sequence[Path],
     transform: AnomalyTransform,
@@ -48,10 +56,8 @@ def render_preview(
 
     Images are drawn from ``image_paths`` in a seeded order (cycling when fewer than ``n``).
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if size < 8:
-        raise ValueError(f"size must be at least 8 px, got {size}")
+    check_grid(n, size)
+    check_seed(seed)
     order = torch.randperm(len(image_paths), generator=torch.Generator().manual_seed(seed))
     cell_w, cell_h = 3 * size + 2 * GAP, size + CAPTION_HEIGHT
     columns = min(columns, n)

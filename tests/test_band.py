@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from anomgen import EdgeBandPaste, TexturePool, from_dict
 from anomgen.functional.band import edge_band_mask
@@ -111,6 +113,10 @@ def test_without_textures_the_band_shows_the_mirrored_image():
         ({"span": (0.0, 1.0)}, "span"),
         ({"opacity": (0.0, 1.0)}, "opacity"),
         ({"augmenters": ("blur",)}, "augmenters"),
+        # Every call would fail on the repeat, so the constructor refuses it.
+        ({"augmenters": ("gamma", "gamma")}, "augmenters must be distinct"),
+        ({"augmenters": 3}, "augmenters must be a list"),
+        ({"sides": 3}, "sides must be a list"),
         ({"n_augmenters": 5}, "n_augmenters"),
         ({"textures": "/no/such/folder"}, "no/such"),
         ({"textures": 3}, "textures must be a folder"),
@@ -119,3 +125,21 @@ def test_without_textures_the_band_shows_the_mirrored_image():
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError, NotADirectoryError), match=message):
         EdgeBandPaste(**kwargs)
+
+
+def test_numpy_settings_become_plain_values():
+    """numpy integers count as ints (as everywhere in anomgen) and to_dict stays YAML-able."""
+    band = EdgeBandPaste(sides=np.array(["top", "left"]), n_augmenters=np.int64(1))
+    assert band.n_augmenters == 1 and type(band.n_augmenters) is int
+    assert yaml.safe_load(yaml.safe_dump(band.to_dict()))["sides"] == ["top", "left"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "token"),
+    [({"texture": 0}, r"texture must be an integer in \[-1, -1\], got 0"), ({"beta": 5}, "beta")],
+)
+def test_replay_rejects_a_texture_it_lacks_and_a_beta_outside_0_1(edit, token):
+    band, image = EdgeBandPaste(), random_image(3, 24, 24)
+    params = {**band(image, seed=0).meta["params"], **edit}
+    with pytest.raises(ValueError, match=token):
+        band.replay(image, params)

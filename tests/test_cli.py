@@ -182,3 +182,44 @@ def test_anomgen_stands_alone():
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_configs_of_the_wrong_shape_give_one_error_line(tmp_path, normal_dir, capsys):
+    """YAML that parses with the wrong types, or does not parse, is a usage error."""
+    configs = {
+        "type: OneOf\ntransforms: 3\n": "transforms must be a list",
+        "type: OneOf\ntransforms: [{type: Normal}]\nweights: 3\n": "weights must be",
+        "type: SomeOf\ntransforms: [{type: Normal}]\nn: 1\n": "n must be",
+        "type: PerlinTexturePaste\nthreshold: null\n": "threshold must be a number",
+        "type: CutPaste\ncolor_jitter: null\n": "color_jitter must be a number",
+        "type: [CutPaste]\n": "unknown transform",
+        "{": "is not valid YAML/JSON: expected the node content",
+    }
+    config, out = tmp_path / "c.yaml", tmp_path / "grid.png"
+    for text, message in configs.items():
+        config.write_text(text)
+        args = ["preview", "--images", str(normal_dir), "--config", str(config)]
+        assert main([*args, "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("anomgen: error:"), lines
+        assert message in lines[0], (text, lines[0])
+
+
+def test_seed_count_and_size_are_checked_before_any_data_loads(tmp_path, normal_dir, capsys):
+    """A missing texture folder would be reported first if the pools loaded first."""
+    base = ["preview", "--images", str(normal_dir), "--textures", str(tmp_path / "none")]
+    cases = {
+        ("--seed", "-1"): r"--seed must be an int in [0, 2**64), got -1",
+        ("--seed", str(2**64)): "--seed must be an int in [0, 2**64), got 18446744073709551616",
+        ("-n", "0"): "n must be at least 1, got 0",
+        ("--size", "4"): "size must be at least 8 px, got 4",
+    }
+    for extra, message in cases.items():
+        assert main([*base, *extra, "--out", str(tmp_path / "grid.png")]) == 2
+        assert capsys.readouterr().err.strip() == f"anomgen: error: {message}"
+
+
+def test_a_file_given_as_the_image_folder_is_named(tmp_path, normal_dir, capsys):
+    image = next(normal_dir.iterdir())
+    assert main(["preview", "--images", str(image), "--out", str(tmp_path / "grid.png")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -3,7 +3,9 @@ the combinators (strategy-specific suites check the other transforms)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 
 import numpy as np
@@ -387,3 +389,171 @@ def test_synthesis_dataset_refuses_seeds_it_would_truncate():
     assert dataset.seed == 4 and type(dataset.seed) is int
     with pytest.raises(ValueError, match="epoch must be an int"):
         dataset.set_epoch(0.5)
+
+
+_WRONG_TYPES = [3, None, "x", [], [1, 2, 3], {}, True, math.nan, [None], {"type": 3}, ["a", "b"]]
+
+
+def test_config_values_of_the_wrong_type_are_value_errors(tmp_path):
+    """YAML that parses but holds the wrong types must give a clear error (the CLI catches
+    ValueError and missing folders), never a TypeError from deep inside a constructor."""
+    from anomgen.core import registered_transforms
+
+    anomalies = _anomaly_folder(tmp_path)
+    normal = [{"type": "Normal"}]
+    base = {
+        "Compose": {"transforms": normal},
+        "OneOf": {"transforms": normal},
+        "SomeOf": {"transforms": normal},
+        "RandomApply": {"transform": normal[0]},
+        "SeenAnomalyPaste": {"anomalies": anomalies},
+        "RealAnomalyImage": {"anomalies": anomalies},
+    }
+    for name, cls in registered_transforms().items():
+        for field in dataclasses.fields(cls):
+            for value in _WRONG_TYPES if field.init else ():
+                config = {"type": name, **base.get(name, {}), field.name: value}
+                try:
+                    from_dict(config)
+                except (ValueError, FileNotFoundError):
+                    pass
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"type": ["CutPaste"]}, r"unknown transform \['CutPaste'\]"),
+        ({"type": "OneOf", "transforms": 3}, "transforms must be a list of transforms, got 3"),
+        ({"type": "RandomApply", "transform": [1]}, "transform must hold anomgen transforms"),
+        ({"type": "OneOf", "transforms": [{"type": "Normal"}], "weights": 3}, "weights must be"),
+        ({"type": "SomeOf", "transforms": [{"type": "Normal"}], "n": 1}, r"n must be a \(min"),
+    ],
+)
+def test_config_type_errors_name_the_parameter(config, message):
+    with pytest.raises(ValueError, match=message):
+        from_dict(config)
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, True])
+def test_one_of_weights_are_finite_numbers(weight):
+    with pytest.raises(ValueError, match=f"weights must be a finite number .* got {weight!r}"):
+        OneOf([Normal(), CutPaste()], weights=[1, weight])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SomeOf([Normal(), CutPaste()], n=(0.5, 1.9)), r"n must hold integers"),
+        (lambda: SomeOf([Normal(), CutPaste()], n=[1, 1, 1]), r"n must be a \(min, max\) pair"),
+        (lambda: RandomApply(CutPaste(), p=True), "p must be a finite number .* got True"),
+    ],
+)
+def test_combinator_settings_are_not_silently_coerced(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (0, "got 0"),
+        (-5, "got -5"),
+        (1.5, "got 1.5"),
+        (True, "got True"),
+        ("64", "got '64'"),
+        ((64,), r"got \(64,\)"),
+    ],
+)
+def test_dataset_size_is_checked_when_built(size, message):
+    with pytest.raises(ValueError, match=f"size must be an int.* {message}"):
+        SynthesisDataset([torch.rand(3, 8, 8)], Normal(), size=size)
+
+
+def test_dataset_sources_channels_and_keys():
+    with pytest.raises(ValueError, match=r"images\[0\] is a ndarray"):
+        SynthesisDataset([np.zeros((8, 8, 3), np.uint8)], Normal())
+    with pytest.raises(ValueError, match="channels must be"):
+        SynthesisDataset([torch.rand(3, 8, 8)], Normal(), channels=2)
+    # channels converts tensors as it converts files.
+    dataset = SynthesisDataset([torch.rand(1, 8, 8)], Normal(), size=(6, 8), channels=3)
+    assert dataset[0]["image"].shape == (3, 6, 8)
+    assert SynthesisDataset([torch.rand(3, 8, 8)], Normal(), channels=1)[0]["image"].shape[0] == 1
+    with pytest.raises(ValueError, match=r"index or an \(index, epoch\) pair, got \(0, 1, 2\)"):
+        dataset[(0, 1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"index": -1, "params": {}}, r"index must be an integer in \[0, 1\], got -1"),
+        ({"index": 9, "params": {}}, r"index must be an integer in \[0, 1\], got 9"),
+        ({}, r"OneOf parameters lack \['index', 'params'\]"),
+        ({"index": 1, "params": {}}, r"CutPaste parameters lack \['box_src'"),
+    ],
+)
+def test_replay_checks_one_of_parameters(params, message):
+    with pytest.raises(ValueError, match=message):
+        OneOf([Normal(), CutPaste()]).replay(random_image(3, 16, 16), params)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"texture": 1}, r"texture must be an integer in \[-1, 0\], got 1"),
+        ({"texture": -2}, r"texture must be an integer in \[-1, 0\], got -2"),
+        ({"beta": 5}, "beta must be a finite number in .* got 5"),
+    ],
+)
+def test_replay_checks_perlin_texture_parameters(edit, message):
+    paste, image = PerlinTexturePaste(textures=_flat_textured_pool()), random_image(3, 16, 16)
+    params = {**paste(image, seed=0).meta["params"], **edit}
+    with pytest.raises(ValueError, match=message):
+        paste.replay(image, params)
+
+
+def test_replay_checks_combinator_steps():
+    image, paste = random_image(3, 16, 16), CutPaste()
+    params = Compose([paste, paste])(image, seed=0).meta["params"]
+    with pytest.raises(ValueError, match="steps must be a list of 2"):
+        Compose([paste, paste]).replay(image, {"steps": params["steps"][:1]})
+    with pytest.raises(ValueError, match=r"step index must be an integer in \[1, 1\], got 0"):
+        SomeOf([paste, paste]).replay(image, {"steps": [[0, params["steps"][0]]] * 2})
+    with pytest.raises(ValueError, match="applied must be True or False"):
+        RandomApply(paste).replay(image, {"applied": "yes", "params": {}})
+
+
+def test_register_keeps_names_bound_and_takes_dataclass_transforms():
+    from anomgen import register
+    from anomgen.core import AnomalyTransform, registered_transforms
+
+    class Plain(AnomalyTransform):
+        pass
+
+    with pytest.raises(ValueError, match="Plain must be a dataclass"):
+        register(Plain)
+    with pytest.raises(ValueError, match="an AnomalyTransform subclass"):
+        register(dataclasses.make_dataclass("Loose", []))
+    # A user's class must not silently replace a built-in (configs would build it instead).
+    with pytest.raises(ValueError, match="'CutPaste' is already registered"):
+        register(dataclasses.make_dataclass("CutPaste", [], bases=(AnomalyTransform,)))
+    assert registered_transforms()["CutPaste"] is CutPaste
+    assert register(Normal) is Normal  # registering the same class again is harmless
+
+
+def test_to_dict_holds_plain_values_for_numpy_settings():
+    """numpy scalars become plain floats and ints, so yaml.safe_dump takes the config."""
+    paste = PerlinTexturePaste(threshold=np.float64(0.4), n_augmenters=np.int64(2))
+    config = paste.to_dict()
+    assert type(config["threshold"]) is float and type(config["n_augmenters"]) is int
+    mix = OneOf([paste, Normal()], weights=np.array([1.0, 2.0]))
+    assert from_dict(yaml.safe_load(yaml.safe_dump(mix.to_dict()))).to_dict() == mix.to_dict()
+    assert SomeOf([paste, Normal()], n=(np.int64(1), np.int64(2))).n == (1, 2)
+
+
+def test_derive_seed_guarantee_is_as_documented():
+    """Same-length keys below 2**32 are told apart; the documented coincidences stay (they
+    are SeedSequence's, and changing them would change every published stream)."""
+    keys = [(s, e, i) for s in (0, 1, 2**32 - 1) for e in range(4) for i in range(50)]
+    assert len({derive_seed(*k) for k in keys}) == len(keys)
+    assert derive_seed(7) == derive_seed(7, 0) == derive_seed(7, 0, 0)
+    assert derive_seed(2**32, 0) == derive_seed(0, 1)

@@ -225,6 +225,7 @@ def test_config_round_trip(transform: LocalCorruption):
         ({"scratch_intensity": (-0.1, 0.2)}, "scratch_intensity"),
         ({"ellipse_axes": (0.0, 0.0)}, "ellipse_axes"),
         ({"perlin_threshold": 1.0}, "perlin_threshold.*1.0"),
+        ({"perlin_threshold": "x"}, "^perlin_threshold must be a number, got 'x'$"),
         ({"perlin_scale_exponent": (0, 9)}, "perlin_scale_exponent"),
     ],
 )
@@ -239,6 +240,12 @@ def test_bad_parameters_raise(kwargs: dict, token: str):
         ({"kind": "fog", "region": ELLIPSE, "corruption": {}}, "fog"),
         ({"kind": "blur", "region": {"shape": "star"}, "corruption": {"sigma": 1.0}}, "star"),
         ({"kind": "color", "region": ELLIPSE, "corruption": {"offsets": [0.1]}}, "offsets"),
+        ({"kind": "blur", "region": ELLIPSE, "corruption": {}}, r"blur corruption .* \['sigma'\]"),
+        ({"kind": "blur", "region": {"shape": "ellipse"}}, r"lack \['corruption'\]"),
+        (
+            {"kind": "blur", "region": {"shape": "ellipse"}, "corruption": {"sigma": 1.0}},
+            r"ellipse region parameters lack \['center', 'axes', 'angle'\]",
+        ),
     ],
 )
 def test_bad_replay_parameters_raise(params: dict, token: str):

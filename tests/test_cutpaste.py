@@ -265,8 +265,25 @@ def test_config_round_trip(transform):
         (CutPasteScar, {"reference_size": 2.5}, "reference_size.*2.5"),
         (CutPasteScar, {"rotation": (-400, 0)}, "rotation"),
         (CutPasteScar, {"color_jitter": -0.1}, "color_jitter.*-0.1"),
+        (CutPaste, {"color_jitter": "abc"}, "color_jitter must be a number, got 'abc'"),
+        (CutPaste, {"color_jitter": None}, "color_jitter must be a number, got None"),
+        (CutPasteScar, {"reference_size": True}, "reference_size.*True"),
     ],
 )
 def test_bad_parameters_raise(cls, kwargs: dict, token: str):
     with pytest.raises(ValueError, match=token):
         cls(**kwargs)
+
+
+def test_numpy_integer_reference_size_is_an_int():
+    scar = CutPasteScar(reference_size=np.int64(128))
+    assert scar.reference_size == 128 and type(scar.reference_size) is int
+
+
+@pytest.mark.parametrize("cls", [CutPaste, CutPasteScar])
+def test_replay_names_a_missing_key(cls):
+    transform, image = cls(), random_image(3, 32, 32)
+    params = transform(image, seed=0).meta["params"]
+    del params["jitter"]
+    with pytest.raises(ValueError, match=f"{cls.__name__} parameters lack \\['jitter'\\]"):
+        transform.replay(image, params)

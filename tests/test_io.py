@@ -80,3 +80,36 @@ def test_a_missing_mask_folder_is_named_and_an_empty_mask_says_why(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(images / "a.png")
     with pytest.raises(ValueError, match="'a.jpg' is empty: it marks no defect"):
         AnomalyPool(images)
+
+
+def test_pools_reject_nan_tensors():
+    """NaN fails no min/max test, so it must be looked for: it would poison every blend."""
+    import torch
+
+    from anomgen import TexturePool
+
+    nan = torch.full((1, 8, 8), float("nan"))
+    with pytest.raises(ValueError, match="texture 0 must be float with finite values"):
+        TexturePool([nan])
+    with pytest.raises(ValueError, match="anomaly image 0 must be float with finite values"):
+        AnomalyPool([nan], [torch.ones(1, 8, 8)])
+
+
+@pytest.mark.parametrize("channels", [True, 3.0, 2, "3"])
+def test_read_image_channels_is_none_1_or_3(tmp_path, channels):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(path)
+    with pytest.raises(ValueError, match=f"channels must be .* got {channels!r}"):
+        read_image(path, channels=channels)
+    assert read_image(path, channels=np.int64(3)).shape == (3, 8, 8)
+
+
+def test_a_file_given_as_a_folder_is_named_as_such(tmp_path):
+    from anomgen import TexturePool, list_images
+
+    file = tmp_path / "x.jpg"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(file)
+    with pytest.raises(FileNotFoundError, match="image folder .*x.jpg' is not a folder"):
+        list_images(file)
+    with pytest.raises(FileNotFoundError, match="texture folder .*x.jpg' is not a folder"):
+        TexturePool(file)

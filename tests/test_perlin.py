@@ -99,6 +99,21 @@ def test_bad_arguments():
         PerlinMaskGenerator(scale_exponent=(3, 1))
     with pytest.raises(ValueError, match="threshold"):
         PerlinMaskGenerator(threshold=1.5)
+    with pytest.raises(ValueError, match="threshold must be a number, got None"):
+        PerlinMaskGenerator(threshold=None)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((32.5, 32.7), "size must be an integer .* got 32.5"),
+        ((32, 32, 3), r"size must be an int or an \(H, W\) pair of ints, got \(32, 32, 3\)"),
+        ((0, 32), "size must be an integer .* got 0"),
+    ],
+)
+def test_mask_generator_size_is_two_positive_ints(size, message):
+    with pytest.raises(ValueError, match=message):
+        PerlinMaskGenerator()(size, seeds=[1])
 
 
 def test_mask_generator_batched_and_binary():

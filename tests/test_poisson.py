@@ -247,6 +247,13 @@ def test_in_memory_sources_work_but_do_not_serialise():
         ({"height": (0.5, 0.2)}, ValueError, "height"),
         ({"rescale": (0.0, 1.0)}, ValueError, "rescale"),
         ({"foreground": "threshold"}, ValueError, "foreground_threshold"),
+        (
+            {"foreground": "threshold", "foreground_threshold": "x"},
+            ValueError,
+            "foreground_threshold must be a number, got 'x'",
+        ),
+        # bool("false") is True: a string is refused rather than read as the opposite.
+        ({"foreground_invert": "false"}, ValueError, "foreground_invert must be True or False"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, error, token):
@@ -264,6 +271,19 @@ def test_replay_rejects_foreign_parameters():
         PoissonPatch().replay(
             image, {"source": 2, "box": [0, 0, 5, 5], "rescale": 1.0, "center": [5, 5]}
         )
+    # -1 is the image itself; any other negative index is an error, not the image too.
+    with pytest.raises(ValueError, match="source must be an integer in \\[-1, -1\\], got -2"):
+        PoissonPatch().replay(
+            image, {"source": -2, "box": [0, 0, 5, 5], "rescale": 1.0, "center": [5, 5]}
+        )
+    with pytest.raises(ValueError, match="lack \\['center'\\]"):
+        PoissonPatch().replay(image, {"source": -1, "box": [0, 0, 5, 5], "rescale": 1.0})
+
+
+def test_foreground_threshold_is_a_plain_float():
+    patch = PoissonPatch(foreground="threshold", foreground_threshold=np.float64(0.5))
+    assert type(patch.foreground_threshold) is float
+    assert "0.5" in yaml.safe_dump(patch.to_dict())
 
 
 @pytest.mark.realdata

@@ -398,12 +398,36 @@ def test_in_memory_pool_cannot_be_serialised(pool):
         ({"scale": (0.0, 1.0)}, "scale"),
         ({"rotation": (10, -10)}, "rotation"),
         ({"elastic_sigma": 0.0}, "elastic_sigma"),
+        ({"elastic_sigma": None}, "elastic_sigma must be a number, got None"),
+        ({"flip_probability": None}, "flip_probability must be a number, got None"),
+        ({"distortions": 3}, "distortions must be a list"),
+        ({"foreground_invert": "false"}, "foreground_invert must be True or False"),
         ({"masks": "somewhere"}, "masks"),
     ],
 )
 def test_bad_settings_are_rejected(pool, kwargs, token):
     with pytest.raises(ValueError, match=token):
         SeenAnomalyPaste(pool, **kwargs)
+
+
+def test_numpy_settings_become_plain_floats(pool):
+    paste = SeenAnomalyPaste(
+        pool,
+        elastic_sigma=np.float32(0.25),
+        foreground="threshold",
+        foreground_threshold=np.float64(0.5),
+    )
+    assert type(paste.elastic_sigma) is float and type(paste.foreground_threshold) is float
+
+
+def test_replay_names_missing_keys(pool):
+    paste, image = SeenAnomalyPaste(pool), random_image(3, 40, 40)
+    params = paste(image, seed=0).meta["params"]
+    with pytest.raises(ValueError, match="lack \\['center'\\]"):
+        paste.replay(image, {k: v for k, v in params.items() if k != "center"})
+    elastic = {"kind": "elastic", "alpha": 0.05, "sigma": 0.1}
+    with pytest.raises(ValueError, match="elastic distortion parameters lack \\['seed'\\]"):
+        paste.replay(image, {**params, "distortion": elastic})
 
 
 @pytest.mark.realdata
@@ -463,6 +487,11 @@ def test_real_anomaly_image_flips_image_and_mask_together(pool):
     assert torch.equal(result.image, again.image) and torch.equal(result.mask, again.mask)
     half = transform(torch.zeros(2, 1, 40, 48, dtype=torch.float16), seed=5)
     assert half.image.dtype == torch.float16 and half.image.shape == (2, 1, 40, 48)
+
+
+def test_real_anomaly_image_names_a_bad_flip_probability(pool):
+    with pytest.raises(ValueError, match="flip_probability must be a number, got 'x'"):
+        RealAnomalyImage(pool, flip_probability="x")
 
 
 def test_real_anomaly_image_from_files_round_trips_and_rejects_bad_input(tmp_path, pool):

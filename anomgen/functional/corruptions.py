@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anomgen.functional.photometric import check_image, finite_number
+from anomgen.core import check_int, finite_number
+from anomgen.functional.photometric import check_image
 
 __all__ = ["color_shift", "draw_scratches", "gaussian_blur", "gaussian_noise", "scratch"]
 
@@ -27,16 +28,6 @@ __all__ = ["color_shift", "draw_scratches", "gaussian_blur", "gaussian_noise", "
 _SUBPIXEL_BITS = 4
 _MAX_COORDINATE = 2.0**20
 _MAX_THICKNESS = 1024
-
-
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | np.integer)
-        or not low <= value <= high
-    ):
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
 
 
 def gaussian_noise(img: Tensor, sigma: float, seed: int) -> Tensor:
@@ -48,7 +39,7 @@ def gaussian_noise(img: Tensor, sigma: float, seed: int) -> Tensor:
     """
     check_image(img)
     sigma = finite_number("sigma", sigma, 0.0)
-    seed = _integer("seed", seed, 0, 2**64 - 1)
+    seed = check_int("seed", seed, 0, 2**64 - 1)
     if sigma == 0.0:
         return img.clone()
     generator = torch.Generator(device=img.device)
@@ -166,9 +157,9 @@ def draw_scratches(
         or len(img_shape) not in (2, 3)
     ):
         raise ValueError(f"img_shape must be (H, W) or (C, H, W), got {img_shape!r}")
-    height = _integer("height", img_shape[-2], 1, 2**16)
-    width = _integer("width", img_shape[-1], 1, 2**16)
-    thickness = _integer("thickness", thickness, 1, _MAX_THICKNESS)
+    height = check_int("height", img_shape[-2], 1, 2**16)
+    width = check_int("width", img_shape[-1], 1, 2**16)
+    thickness = check_int("thickness", thickness, 1, _MAX_THICKNESS)
     canvas = np.zeros((height, width), np.uint8)
     cv2.polylines(
         canvas,

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anomgen.core import random_int, random_uniform
+from anomgen.core import check_int, finite_number, random_int, random_uniform
 
 __all__ = [
     "PHOTOMETRIC_AUGMENTERS",
@@ -98,17 +98,6 @@ def check_image(img: Any, name: str = "img") -> None:
         raise ValueError(f"{name} must be a float tensor with values in [0, 1], got {img.dtype}")
     if img.ndim != 3 or img.shape[0] not in (1, 3) or img.shape[1] < 1 or img.shape[2] < 1:
         raise ValueError(f"{name} must be (C,H,W) with C in {{1, 3}}, got {tuple(img.shape)}")
-
-
-def finite_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a float, or a ValueError naming it when not finite and in [low, high]."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
-    return number
 
 
 def _per_channel(name: str, values: Any, channels: int, low: float, high: float) -> list[float]:
@@ -552,8 +541,7 @@ def sample_augmenters(
         _augmenter(name)
     if len(set(pool)) != len(pool):
         raise ValueError(f"names must be distinct, got {pool}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(pool):
-        raise ValueError(f"k must be an integer in 0..{len(pool)}, got {k!r}")
+    k = check_int("k", k, 0, len(pool))
     order = torch.randperm(len(pool), generator=generator)[:k].tolist()
     return [
         {"name": pool[i], "params": PHOTOMETRIC_AUGMENTERS[pool[i]].sample(generator, channels)}

@@ -8,14 +8,23 @@ from typing import Any
 
 import torch
 
-from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_int,
+    check_names,
+    check_range,
+    finite_number,
+    random_int,
+    random_uniform,
+    register,
+)
 from anomgen.functional.band import EDGE_SIDES, edge_band_mask
 from anomgen.functional.photometric import (
     PHOTOMETRIC_AUGMENTERS,
     apply_augmenters,
     sample_augmenters,
 )
-from anomgen.io import TexturePool, texture_pool
+from anomgen.io import TexturePool, check_texture, texture_pool
 
 __all__ = ["EdgeBandPaste"]
 
@@ -48,17 +57,23 @@ class EdgeBandPaste(AnomalyTransform):
     n_augmenters: int = 2
     augmenters: tuple[str, ...] = _DEFAULT_AUGMENTERS
     _pool: TexturePool | None = field(init=False, repr=False)
+    param_keys = (
+        "side",
+        "depth",
+        "tilt",
+        "span",
+        "waviness",
+        "wave_cells",
+        "noise_seed",
+        "texture",
+        "augmenters",
+        "beta",
+    )
 
     def __post_init__(self) -> None:
-        sides = self.sides
-        if (
-            isinstance(sides, str)
-            or not sides
-            or any(side not in EDGE_SIDES for side in sides)
-            or len(set(sides)) != len(sides)
-        ):
-            raise ValueError(f"sides must be distinct names among {EDGE_SIDES}, got {sides!r}")
-        self.sides = tuple(self.sides)
+        self.sides = check_names("sides", self.sides, EDGE_SIDES)
+        if not self.sides:
+            raise ValueError("sides must name at least one side")
         self.depth = check_range("depth", self.depth, 0.01, 1.0)
         self.tilt = check_range("tilt", self.tilt, -1.0, 1.0)
         self.span = check_range("span", self.span, 0.01, 1.0)
@@ -66,17 +81,8 @@ class EdgeBandPaste(AnomalyTransform):
         self.opacity = check_range("opacity", self.opacity, 0.0, 1.0)
         if self.opacity[1] >= 1.0:
             raise ValueError(f"opacity must stay below 1 (1 keeps the image), got {self.opacity!r}")
-        if isinstance(self.augmenters, str) or any(
-            name not in PHOTOMETRIC_AUGMENTERS for name in self.augmenters
-        ):
-            known = ", ".join(PHOTOMETRIC_AUGMENTERS)
-            raise ValueError(f"augmenters must name some of {known}; got {self.augmenters!r}")
-        self.augmenters = tuple(self.augmenters)
-        n = self.n_augmenters
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self.augmenters):
-            raise ValueError(
-                f"n_augmenters must be an integer in 0..{len(self.augmenters)}, got {n!r}"
-            )
+        self.augmenters = check_names("augmenters", self.augmenters, tuple(PHOTOMETRIC_AUGMENTERS))
+        self.n_augmenters = check_int("n_augmenters", self.n_augmenters, 0, len(self.augmenters))
         self._pool = texture_pool(self.textures, "textures")
         if isinstance(self.textures, Path):
             self.textures = str(self.textures)
@@ -99,6 +105,10 @@ class EdgeBandPaste(AnomalyTransform):
             "beta": random_uniform(generator, *self.opacity),
         }
 
+    def check_params(self, params: Any) -> None:
+        super().check_params(params)
+        finite_number("beta", params["beta"], 0.0, 1.0)
+
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +127,7 @@ class EdgeBandPaste(AnomalyTransform):
         return torch.lerp(image, fill, mask * (1 - params["beta"])), mask
 
     def _fill(self, image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        if params["texture"] < 0:
+        if check_texture(params["texture"], self._pool) < 0:
             # Mirrored along the edge: the band shows another part of the same surface.
             return image.flip(-1 if params["side"] in ("top", "bottom") else -2)
-        if self._pool is None:
-            raise ValueError(
-                f"parameters name texture {params['texture']} but this transform has no textures"
-            )
         return self._pool.get(params["texture"], image.shape[-2:], image.shape[0], image.device)

@@ -8,25 +8,52 @@ Composite parameters nest their children's: ``OneOf`` records the chosen index,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from anomgen.core import AnomalyTransform, from_dict, random_int, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_bool,
+    check_int,
+    check_int_range,
+    check_keys,
+    finite_number,
+    from_dict,
+    random_int,
+    register,
+)
 
 __all__ = ["Compose", "Normal", "OneOf", "RandomApply", "SomeOf"]
 
 
-def _children(transforms: Sequence[AnomalyTransform | dict]) -> list[AnomalyTransform]:
+def _children(
+    transforms: Sequence[AnomalyTransform | dict], name: str = "transforms"
+) -> list[AnomalyTransform]:
+    if isinstance(transforms, str | bytes) or not isinstance(transforms, Sequence):
+        raise ValueError(f"{name} must be a list of transforms, got {transforms!r:.80}")
     children = [from_dict(t) if isinstance(t, dict) else t for t in transforms]
     for child in children:
         if not isinstance(child, AnomalyTransform):
-            raise ValueError(f"expected anomgen transforms, got {type(child).__name__}")
+            raise ValueError(
+                f"{name} must hold anomgen transforms or their dicts, got {type(child).__name__}"
+            )
     if not children:
         raise ValueError("a combinator needs at least one transform")
     return children
+
+
+def _steps(name: str, params: dict[str, Any], count: int | None = None) -> list:
+    """``params["steps"]`` as a list (of ``count`` items if given), checked for replay."""
+    steps = check_keys(name, params, ("steps",))["steps"]
+    if not isinstance(steps, list) or (count is not None and len(steps) != count):
+        wanted = "a list" if count is None else f"a list of {count}"
+        raise ValueError(f"{name} parameters' steps must be {wanted}, got {steps!r:.80}")
+    return steps
 
 
 @register
@@ -78,6 +105,12 @@ class Compose(AnomalyTransform):
         steps = zip(self.transforms, params["steps"])
         return {"steps": [t.resample_params(image, generator, p) for t, p in steps]}
 
+    def check_params(self, params: Any) -> None:
+        for transform, step in zip(
+            self.transforms, _steps(self.name, params, len(self.transforms))
+        ):
+            transform.check_params(step)
+
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,15 +135,17 @@ class OneOf(AnomalyTransform):
         self.transforms = _children(self.transforms)
         if self.weights is None:
             self.weights = [1.0] * len(self.transforms)
-        self.weights = [float(w) for w in self.weights]
+        if isinstance(self.weights, str | bytes) or not isinstance(
+            self.weights, Sequence | np.ndarray | torch.Tensor
+        ):
+            raise ValueError(f"weights must be a list of numbers, got {self.weights!r:.80}")
+        self.weights = [finite_number("weights", w, 0.0) for w in self.weights]
         if len(self.weights) != len(self.transforms):
             raise ValueError(
                 f"got {len(self.weights)} weights for {len(self.transforms)} transforms"
             )
-        if min(self.weights) < 0 or sum(self.weights) <= 0:
-            raise ValueError(
-                f"weights must be non-negative with a positive sum, got {self.weights}"
-            )
+        if not 0 < sum(self.weights) < math.inf:
+            raise ValueError(f"weights must have a positive, finite sum, got {self.weights}")
         self._probabilities = torch.tensor(self.weights, dtype=torch.float64) / sum(self.weights)
         self.preserves_outside = all(t.preserves_outside for t in self.transforms)
 
@@ -124,6 +159,11 @@ class OneOf(AnomalyTransform):
         index = params["index"]
         child = self.transforms[index].resample_params(image, generator, params["params"])
         return {"index": index, "params": child}
+
+    def check_params(self, params: Any) -> None:
+        check_keys(self.name, params, ("index", "params"))
+        index = check_int("index", params["index"], 0, len(self.transforms) - 1)
+        self.transforms[index].check_params(params["params"])
 
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
@@ -161,12 +201,7 @@ class SomeOf(AnomalyTransform):
 
     def __post_init__(self) -> None:
         self.transforms = _children(self.transforms)
-        low, high = (int(v) for v in self.n)
-        if not 0 <= low <= high <= len(self.transforms):
-            raise ValueError(
-                f"n must satisfy 0 <= min <= max <= {len(self.transforms)}, got {self.n}"
-            )
-        self.n = (low, high)
+        self.n = check_int_range("n", self.n, 0, len(self.transforms))
         self.preserves_outside = all(t.preserves_outside for t in self.transforms)
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
@@ -184,6 +219,15 @@ class SomeOf(AnomalyTransform):
                 for i, p in params["steps"]
             ]
         }
+
+    def check_params(self, params: Any) -> None:
+        last = -1
+        for step in _steps(self.name, params):
+            if not isinstance(step, list | tuple) or len(step) != 2:
+                raise ValueError(f"each SomeOf step must be [index, params], got {step!r:.80}")
+            # sample_params lists distinct indices in increasing order.
+            last = check_int("step index", step[0], last + 1, len(self.transforms) - 1)
+            self.transforms[last].check_params(step[1])
 
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
@@ -207,14 +251,8 @@ class RandomApply(AnomalyTransform):
     p: float = 0.5
 
     def __post_init__(self) -> None:
-        self.transform = _children([self.transform])[0]
-        try:
-            p = float(self.p)
-        except (TypeError, ValueError):
-            raise ValueError(f"p must be a number in [0, 1], got {self.p!r}") from None
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {self.p!r}")
-        self.p = p
+        self.transform = _children([self.transform], "transform")[0]
+        self.p = finite_number("p", self.p, 0.0, 1.0)
         self.preserves_outside = self.transform.preserves_outside
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
@@ -231,6 +269,11 @@ class RandomApply(AnomalyTransform):
             return params
         child = self.transform.resample_params(image, generator, params["params"])
         return {"applied": True, "params": child}
+
+    def check_params(self, params: Any) -> None:
+        check_keys(self.name, params, ("applied", "params"))
+        if check_bool("applied", params["applied"]):
+            self.transform.check_params(params["params"])
 
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]

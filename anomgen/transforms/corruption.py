@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_int_range,
+    check_keys,
+    check_range,
+    random_int,
+    random_uniform,
+    register,
+)
 from anomgen.functional.corruptions import color_shift, gaussian_blur, gaussian_noise, scratch
 from anomgen.transforms.perlin import PerlinMaskGenerator
 
@@ -23,13 +31,14 @@ __all__ = ["LocalCorruption"]
 
 KINDS = ("noise", "blur", "color", "scratch")
 MASK_SHAPES = ("perlin", "ellipse")
-
-
-def _int_range(name: str, value: Sequence[int], low: int, high: int) -> tuple[int, int]:
-    lo, hi = check_range(name, value, low, high)
-    if lo != int(lo) or hi != int(hi):
-        raise ValueError(f"{name} must hold integers, got {value!r}")
-    return int(lo), int(hi)
+# The keys each region shape and corruption kind reads from its params (checked by replay).
+_REGION_KEYS = {"perlin": ("cells", "angle", "noise_seed"), "ellipse": ("center", "axes", "angle")}
+_CORRUPTION_KEYS = {
+    "noise": ("sigma", "seed"),
+    "blur": ("sigma",),
+    "color": ("offsets",),
+    "scratch": ("lines", "thickness", "intensity"),
+}
 
 
 def _positive_range(name: str, value: Sequence[float], high: float) -> tuple[float, float]:
@@ -94,6 +103,7 @@ class LocalCorruption(AnomalyTransform):
     perlin_scale_exponent: tuple[int, int] = (0, 5)
     perlin_threshold: float = 0.5
     _masks: PerlinMaskGenerator = field(init=False, repr=False)
+    param_keys = ("kind", "region", "corruption")
 
     def __post_init__(self) -> None:
         if self.kind not in (*KINDS, "any"):
@@ -103,21 +113,32 @@ class LocalCorruption(AnomalyTransform):
         self.noise_sigma = _positive_range("noise_sigma", self.noise_sigma, 1.0)
         self.blur_sigma = _positive_range("blur_sigma", self.blur_sigma, 100.0)
         self.color_offset = _positive_range("color_offset", self.color_offset, 1.0)
-        self.scratch_count = _int_range("scratch_count", self.scratch_count, 1, 100)
-        self.scratch_thickness = _int_range("scratch_thickness", self.scratch_thickness, 1, 64)
+        self.scratch_count = check_int_range("scratch_count", self.scratch_count, 1, 100)
+        self.scratch_thickness = check_int_range("scratch_thickness", self.scratch_thickness, 1, 64)
         self.scratch_intensity = check_range("scratch_intensity", self.scratch_intensity, 0, 1)
         self.ellipse_axes = _positive_range("ellipse_axes", self.ellipse_axes, 1.0)
         try:
             self._masks = PerlinMaskGenerator(
                 scale_exponent=self.perlin_scale_exponent, threshold=self.perlin_threshold
             )
-        except ValueError as error:  # name the field as this transform spells it
+        except ValueError as error:  # its messages start with the field's name: spell it ours
             raise ValueError(f"perlin_{error}") from None
         self.perlin_scale_exponent = self._masks.scale_exponent
         self.perlin_threshold = float(self._masks.threshold)
 
     def strategy(self, params: dict[str, Any]) -> str:
         return f"{self.name}:{params['kind']}"
+
+    def check_params(self, params: Any) -> None:
+        """Also the region's and the corruption's keys (an unknown shape or kind is apply's
+        error)."""
+        super().check_params(params)
+        region, kind = params["region"], params["kind"]
+        shape = check_keys("region", region, ("shape",))["shape"]
+        if isinstance(shape, str) and shape in _REGION_KEYS:
+            check_keys(f"{shape} region", region, _REGION_KEYS[shape])
+        if isinstance(kind, str) and kind in _CORRUPTION_KEYS:
+            check_keys(f"{kind} corruption", params["corruption"], _CORRUPTION_KEYS[kind])
 
     # ---------------------------------------------------------------------- sampling
 

@@ -13,16 +13,18 @@ from typing import Any
 
 import torch
 
-from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_int,
+    check_range,
+    finite_number,
+    random_int,
+    random_uniform,
+    register,
+)
 from anomgen.functional.cutpaste import cut_paste, cut_paste_scar, strip_extent
 
 __all__ = ["CutPaste", "CutPasteScar", "sample_jitter"]
-
-
-def _check_jitter(value: float) -> float:
-    if not 0.0 <= float(value) <= 0.5:
-        raise ValueError(f"color_jitter must be in [0, 0.5], got {value!r}")
-    return float(value)
 
 
 def sample_jitter(generator: torch.Generator, strength: float) -> dict[str, Any] | None:
@@ -58,6 +60,7 @@ class CutPaste(AnomalyTransform):
     area_ratio: tuple[float, float] = (0.02, 0.15)
     aspect_ratio: tuple[float, float] = (0.3, 3.3)
     color_jitter: float = 0.1
+    param_keys = ("box_src", "box_dst", "jitter")
 
     def __post_init__(self) -> None:
         self.area_ratio = check_range("area_ratio", self.area_ratio, 0.0, 1.0)
@@ -66,7 +69,7 @@ class CutPaste(AnomalyTransform):
         self.aspect_ratio = check_range("aspect_ratio", self.aspect_ratio, 0.0, math.inf)
         if self.aspect_ratio[0] <= 0 or math.isinf(self.aspect_ratio[1]):
             raise ValueError(f"aspect_ratio must be positive and finite, got {self.aspect_ratio!r}")
-        self.color_jitter = _check_jitter(self.color_jitter)
+        self.color_jitter = finite_number("color_jitter", self.color_jitter, 0.0, 0.5)
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         height, width = image.shape[-2:]
@@ -113,16 +116,14 @@ class CutPasteScar(AnomalyTransform):
     reference_size: int = 256
     rotation: tuple[float, float] = (-45.0, 45.0)
     color_jitter: float = 0.1
+    param_keys = ("box_src", "center_dst", "angle", "jitter")
 
     def __post_init__(self) -> None:
-        if isinstance(self.reference_size, bool) or not isinstance(self.reference_size, int):
-            raise ValueError(f"reference_size must be an int, got {self.reference_size!r}")
-        if self.reference_size < 1:
-            raise ValueError(f"reference_size must be >= 1, got {self.reference_size!r}")
+        self.reference_size = check_int("reference_size", self.reference_size, 1)
         self.width = check_range("width", self.width, 1.0, self.reference_size)
         self.length = check_range("length", self.length, 1.0, self.reference_size)
         self.rotation = check_range("rotation", self.rotation, -360.0, 360.0)
-        self.color_jitter = _check_jitter(self.color_jitter)
+        self.color_jitter = finite_number("color_jitter", self.color_jitter, 0.0, 0.5)
 
     def pixel_ranges(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Integer (width, length) ranges of a scar on a ``height`` x ``width`` image."""

@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from anomgen.core import (
     AnomalyTransform,
+    check_int,
+    check_int_range,
     check_range,
     check_seeds,
+    check_size,
+    finite_number,
     make_generator,
     random_int,
     random_uniform,
@@ -21,7 +24,7 @@ from anomgen.core import (
 )
 from anomgen.functional.perlin import perlin_noise
 from anomgen.functional.photometric import apply_augmenters, sample_augmenters
-from anomgen.io import TexturePool, texture_pool
+from anomgen.io import TexturePool, check_texture, texture_pool
 
 __all__ = ["PerlinMaskGenerator", "PerlinTexturePaste"]
 
@@ -42,12 +45,11 @@ class PerlinMaskGenerator:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        low, high = check_range("scale_exponent", self.scale_exponent, 0, 8)
-        if low != int(low) or high != int(high):
-            raise ValueError(f"scale_exponent must hold integers, got {self.scale_exponent!r}")
-        self.scale_exponent = (int(low), int(high))
+        self.scale_exponent = check_int_range("scale_exponent", self.scale_exponent, 0, 8)
         self.rotation = check_range("rotation", self.rotation, -360, 360)
-        if not 0.0 <= float(self.threshold) < 1.0:
+        # Messages start with the field's name: LocalCorruption prefixes them with "perlin_".
+        self.threshold = finite_number("threshold", self.threshold)
+        if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
 
     def sample_params(self, generator: torch.Generator) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class PerlinMaskGenerator:
         self, size: tuple[int, int], seeds: Sequence[int], device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """Masks for ``size`` = (H, W), one per seed (a non-empty sequence of ints >= 0)."""
+        size = check_size("size", size)
         generators = [make_generator(s) for s in check_seeds(seeds)]
         return self.masks(size, [self.sample_params(g) for g in generators], device)
 
@@ -102,17 +105,16 @@ class PerlinTexturePaste(AnomalyTransform):
     n_augmenters: int = 3
     _masks: PerlinMaskGenerator = field(init=False, repr=False)
     _pool: TexturePool | None = field(init=False, repr=False)
+    param_keys = ("cells", "angle", "noise_seed", "texture", "augmenters", "beta")
 
     def __post_init__(self) -> None:
         self._masks = PerlinMaskGenerator(self.scale_exponent, self.rotation, self.threshold)
-        self.scale_exponent, self.rotation = self._masks.scale_exponent, self._masks.rotation
+        self.scale_exponent = self._masks.scale_exponent
+        self.rotation, self.threshold = self._masks.rotation, self._masks.threshold
         self.opacity = check_range("opacity", self.opacity, 0.0, 1.0)
         if self.opacity[1] >= 1.0:
             raise ValueError(f"opacity must stay below 1 (1 keeps the image), got {self.opacity!r}")
-        n = self.n_augmenters
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n <= 10:
-            raise ValueError(f"n_augmenters must be an integer 0..10, got {n!r}")
-        self.n_augmenters = int(n)
+        self.n_augmenters = check_int("n_augmenters", self.n_augmenters, 0, 10)
         self._pool = texture_pool(self.textures, "textures")
         if isinstance(self.textures, Path):
             self.textures = str(self.textures)
@@ -125,6 +127,10 @@ class PerlinTexturePaste(AnomalyTransform):
         params["augmenters"] = sample_augmenters(generator, image.shape[0], k=self.n_augmenters)
         params["beta"] = random_uniform(generator, *self.opacity)
         return params
+
+    def check_params(self, params: Any) -> None:
+        super().check_params(params)
+        finite_number("beta", params["beta"], 0.0, 1.0)
 
     def apply_batch(
         self, images: torch.Tensor, params: Sequence[dict[str, Any]]
@@ -141,8 +147,6 @@ class PerlinTexturePaste(AnomalyTransform):
         return torch.lerp(images, textures, masks * opacity), masks
 
     def _texture(self, image: torch.Tensor, index: int, size, channels: int) -> torch.Tensor:
-        if index < 0:
+        if check_texture(index, self._pool) < 0:
             return image
-        if self._pool is None:
-            raise ValueError(f"parameters name texture {index} but this transform has no textures")
         return self._pool.get(index, tuple(size), channels, image.device)

@@ -14,10 +14,17 @@ from typing import Any
 
 import torch
 
-from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_bool,
+    check_range,
+    random_int,
+    random_uniform,
+    register,
+)
 from anomgen.functional.blend import poisson_blend
 from anomgen.functional.cutpaste import check_box
-from anomgen.io import TexturePool, resize, texture_pool
+from anomgen.io import TexturePool, check_texture, resize, texture_pool
 from anomgen.transforms.seen import check_foreground, sample_position
 
 __all__ = ["PoissonPatch"]
@@ -49,6 +56,7 @@ class PoissonPatch(AnomalyTransform):
     foreground_threshold: float | None = None
     foreground_invert: bool = False
     _pool: TexturePool | None = field(init=False, repr=False, compare=False)
+    param_keys = ("source", "box", "rescale", "center")
 
     def __post_init__(self) -> None:
         self.width = check_range("width", self.width, 0.0, 1.0)
@@ -56,8 +64,8 @@ class PoissonPatch(AnomalyTransform):
         if self.width[0] <= 0 or self.height[0] <= 0:
             raise ValueError(f"width and height must be positive, got {self.width}, {self.height}")
         self.rescale = check_range("rescale", self.rescale, 0.01, 100.0)
-        check_foreground(self.foreground, self.foreground_threshold)
-        self.foreground_invert = bool(self.foreground_invert)
+        self.foreground_threshold = check_foreground(self.foreground, self.foreground_threshold)
+        self.foreground_invert = check_bool("foreground_invert", self.foreground_invert)
         self._pool = texture_pool(self.sources, "sources")
         if isinstance(self.sources, Path):
             self.sources = str(self.sources)
@@ -86,13 +94,9 @@ class PoissonPatch(AnomalyTransform):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         channels, height, width = image.shape
         top, left, box_h, box_w = check_box("box", params["box"], height, width)
-        index = int(params["source"])
+        index = check_texture(params["source"], self._pool, "source")
         if index < 0:
             source = image
-        elif self._pool is None or index >= len(self._pool):
-            raise ValueError(
-                f"parameters name source {index} but this transform has no such source"
-            )
         else:
             source = self._pool.get(index, (height, width), channels, image.device)
         patch = source[:, top : top + box_h, left : left + box_w]

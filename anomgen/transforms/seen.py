@@ -15,7 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anomgen.core import AnomalyTransform, check_range, random_int, random_uniform, register
+from anomgen.core import (
+    AnomalyTransform,
+    check_bool,
+    check_keys,
+    check_names,
+    check_range,
+    finite_number,
+    random_int,
+    random_uniform,
+    register,
+)
 from anomgen.functional.blend import paste, poisson_blend
 from anomgen.functional.geometry import (
     bbox,
@@ -50,19 +60,20 @@ _POISSON_GROW = 2
 _CACHE_SIZE = 512
 
 
-def check_foreground(method: str, threshold: float | None) -> None:
-    """Validate a ``foreground`` method name and its threshold (see ``foreground_mask``)."""
+def check_foreground(method: str, threshold: float | None) -> float | None:
+    """Validate a ``foreground`` method name and its threshold (see ``foreground_mask``);
+    return the threshold as a plain float (or None)."""
     if method not in FOREGROUNDS:
         raise ValueError(f"foreground must be one of {FOREGROUNDS}, got {method!r}")
-    if method == "threshold":
-        if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+    if method != "threshold":
+        if threshold is not None:
             raise ValueError(
-                f"foreground 'threshold' needs foreground_threshold in [0, 1], got {threshold!r}"
+                f"foreground_threshold={threshold!r} only applies to foreground='threshold'"
             )
-    elif threshold is not None:
-        raise ValueError(
-            f"foreground_threshold={threshold!r} only applies to foreground='threshold'"
-        )
+        return None
+    if threshold is None:
+        raise ValueError("foreground 'threshold' needs foreground_threshold in [0, 1], got None")
+    return finite_number("foreground_threshold", threshold, 0.0, 1.0)
 
 
 def sample_position(
@@ -85,12 +96,6 @@ def sample_position(
             index = int(candidates[random_int(generator, 0, candidates.numel() - 1)])
             return [index // width, index % width]
     return [random_int(generator, 0, height - 1), random_int(generator, 0, width - 1)]
-
-
-def _check_probability(name: str, value: float) -> float:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)
 
 
 @register
@@ -126,8 +131,9 @@ class SeenAnomalyPaste(AnomalyTransform):
     defect seamlessly (its gradients, the normal image's brightness) through a mask grown
     by 2 pixels: masks thresholded at half intensity leave half of a defect's edge outside,
     and without it a dark spot fades to a faint smudge. The returned mask is the placed
-    (in poisson mode: grown) defect mask where the image changed; every other pixel is
-    untouched. OpenCV's blend also shifts the brightness a few grey levels in a thin band
+    defect mask, its whole footprint in paste mode (also where a defect pixel equals the
+    background) and in poisson mode the grown mask where the image changed; every other
+    pixel is untouched. OpenCV's blend also shifts the brightness a few grey levels in a thin band
     outside the mask; that band is put back, which can leave a faint edge. Grayscale
     defects on RGB images and the reverse are converted.
     """
@@ -155,33 +161,42 @@ class SeenAnomalyPaste(AnomalyTransform):
     _cuts: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    param_keys = (
+        "anomaly",
+        "flip_h",
+        "flip_v",
+        "angle",
+        "scale",
+        "brightness",
+        "contrast",
+        "saturation",
+        "distortion",
+        "center",
+    )
 
     def __post_init__(self) -> None:
         self._pool, self.anomalies, self.masks = anomaly_pool(self.anomalies, self.masks)
-        self.flip_probability = _check_probability("flip_probability", self.flip_probability)
+        self.flip_probability = finite_number("flip_probability", self.flip_probability, 0.0, 1.0)
         self.rotation = check_range("rotation", self.rotation, -360.0, 360.0)
         self.scale = check_range("scale", self.scale, 0.01, 100.0)
-        self.distortion_probability = _check_probability(
-            "distortion_probability", self.distortion_probability
+        self.distortion_probability = finite_number(
+            "distortion_probability", self.distortion_probability, 0.0, 1.0
         )
-        if isinstance(self.distortions, str):
-            raise ValueError(f"distortions must be a list of names, got {self.distortions!r}")
-        self.distortions = tuple(self.distortions)
-        unknown = [d for d in self.distortions if d not in DISTORTIONS]
-        if unknown or (self.distortion_probability > 0 and not self.distortions):
-            raise ValueError(
-                f"distortions must be a non-empty subset of {DISTORTIONS}, got {self.distortions!r}"
-            )
+        # Repeats are allowed: ("elastic", "elastic", "optical") draws elastic twice as often.
+        self.distortions = check_names("distortions", self.distortions, DISTORTIONS, False)
+        if self.distortion_probability > 0 and not self.distortions:
+            raise ValueError("distortions must name a distortion when distortion_probability > 0")
         self.elastic_alpha = check_range("elastic_alpha", self.elastic_alpha, 0.0, 1.0)
-        if not 0.0 < float(self.elastic_sigma) <= 1.0:
+        self.elastic_sigma = finite_number("elastic_sigma", self.elastic_sigma)
+        if not 0.0 < self.elastic_sigma <= 1.0:
             raise ValueError(f"elastic_sigma must be in (0, 1], got {self.elastic_sigma!r}")
         self.optical_k = check_range("optical_k", self.optical_k, -1.0, 1.0)
         self.optical_shift = check_range("optical_shift", self.optical_shift, -0.5, 0.5)
         self.brightness = check_range("brightness", self.brightness, 0.0, 10.0)
         self.contrast = check_range("contrast", self.contrast, 0.0, 10.0)
         self.saturation = check_range("saturation", self.saturation, 0.0, 10.0)
-        check_foreground(self.foreground, self.foreground_threshold)
-        self.foreground_invert = bool(self.foreground_invert)
+        self.foreground_threshold = check_foreground(self.foreground, self.foreground_threshold)
+        self.foreground_invert = check_bool("foreground_invert", self.foreground_invert)
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.position not in POSITIONS:
@@ -241,6 +256,16 @@ class SeenAnomalyPaste(AnomalyTransform):
         ]
 
     # ------------------------------------------------------------------ applying
+
+    def check_params(self, params: Any) -> None:
+        super().check_params(params)
+        distortion = params["distortion"]
+        if distortion is not None:
+            kind = check_keys("distortion", distortion, ("kind",))["kind"]
+            if kind not in DISTORTIONS:
+                raise ValueError(f"distortion kind must be one of {DISTORTIONS}, got {kind!r}")
+            keys = ("alpha", "sigma", "seed") if kind == "elastic" else ("k", "dx", "dy")
+            check_keys(f"{kind} distortion", distortion, keys)
 
     def defect_patch(
         self, params: dict[str, Any], size: tuple[int, int], channels: int
@@ -345,10 +370,11 @@ class RealAnomalyImage(AnomalyTransform):
     masks: str | Path | Sequence[str | Path] | None = None
     flip_probability: float = 0.5
     _pool: AnomalyPool = field(init=False, repr=False, compare=False)
+    param_keys = ("anomaly", "flip_h", "flip_v")
 
     def __post_init__(self) -> None:
         self._pool, self.anomalies, self.masks = anomaly_pool(self.anomalies, self.masks)
-        self.flip_probability = _check_probability("flip_probability", self.flip_probability)
+        self.flip_probability = finite_number("flip_probability", self.flip_probability, 0.0, 1.0)
 
     def sample_params(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         return {
