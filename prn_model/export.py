@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,7 @@ DEFAULT_ATOL = 1e-4
 # Traced with 2 images, verified with 3: a batch size wrongly frozen into the graph shows up.
 _TRACE_BATCH, _VERIFY_BATCH = 2, 3
 _METADATA_KEY = "prn_export"
+_FORMATS = ("onnx", "torchscript")
 _ONNX_INPUT, _ONNX_OUTPUTS = "images", ("scores", "maps")
 
 
@@ -275,12 +277,26 @@ class _Rejected(Exception):
     """The export differs from the eager model by more than the accepted tolerance."""
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata stored by ``export_torchscript`` / ``export_onnx`` in ``path``."""
+def _format_of(path: Path, export_format: str | None) -> str:
+    """``export_format``, or where it is None the format a file name suggests: ONNX for a
+    ``.onnx`` suffix, TorchScript for any other."""
+    if export_format is None:
+        return "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
+    if export_format not in _FORMATS:
+        raise ValueError(f"export_format must be one of {_FORMATS}, got {export_format!r}")
+    return export_format
+
+
+def read_metadata(path: str | Path, export_format: str | None = None) -> dict[str, Any]:
+    """The metadata stored by ``export_torchscript`` / ``export_onnx`` in ``path``.
+
+    ``export_format`` ("onnx" or "torchscript") says how to read the file; by default it
+    follows the name: ONNX for a ``.onnx`` file, TorchScript otherwise.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
-    if path.suffix.lower() == ".onnx":
+    if _format_of(path, export_format) == "onnx":
         onnx = _require("onnx", "reading an ONNX export")
         try:
             graph = onnx.load(str(path), load_external_data=False)
@@ -299,8 +315,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _run_exported(path: Path, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    if path.suffix.lower() == ".onnx":
+def _run_exported(path: Path, images: Tensor, export_format: str) -> tuple[np.ndarray, np.ndarray]:
+    if export_format == "onnx":
         onnxruntime = _require("onnxruntime", "running an ONNX export")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         scores, maps = session.run(list(_ONNX_OUTPUTS), {_ONNX_INPUT: images.cpu().numpy()})
@@ -313,16 +329,23 @@ def _run_exported(path: Path, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return scores.cpu().numpy(), maps.cpu().numpy()
 
 
-def verify_export(model: PRN, path: str | Path, images: Tensor | None = None) -> float:
+def verify_export(
+    model: PRN,
+    path: str | Path,
+    images: Tensor | None = None,
+    export_format: str | None = None,
+) -> float:
     """Largest |exported - eager| over scores and maps, on ``images`` or 3 random images.
 
-    ``path`` is a ``.onnx`` file (run with onnxruntime on the CPU) or a TorchScript file.
+    ``path`` is an ONNX file (run with onnxruntime on the CPU) or a TorchScript file, as
+    ``export_format`` says (by default as its name says, see ``read_metadata``).
     ``images`` is a (B, C, S, S) float batch in [0, 1]; by default 3 seeded random images with
     the exported channel count (another batch size than the traced one, on purpose).
     """
     model = _check_model(model)
     path = Path(path)
-    metadata = read_metadata(path)
+    export_format = _format_of(path, export_format)
+    metadata = read_metadata(path, export_format)
     size, channels = model.config.image_size, metadata["channels"]
     if metadata["image_size"] != size:
         raise ValueError(
@@ -337,13 +360,25 @@ def verify_export(model: PRN, path: str | Path, images: Tensor | None = None) ->
     images = images.to(device=model.device, dtype=torch.float32)
     with _eval_mode(model), torch.no_grad():
         scores, maps = DeployablePRN(model)(images)
-    exported_scores, exported_maps = _run_exported(path, images)
+    exported_scores, exported_maps = _run_exported(path, images, export_format)
     return float(
         max(
             np.abs(exported_scores - scores.cpu().numpy()).max(),
             np.abs(exported_maps - maps.cpu().numpy()).max(),
         )
     )
+
+
+def _tolerance(text: str) -> float:
+    """--atol, checked before the export runs: a negative or NaN tolerance rejects every
+    export, and only after all its work."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "anomaly maps (B, 1, S, S), S = the checkpoint's image size.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt written by the recipe")
-    parser.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    parser.add_argument("--format", required=True, choices=_FORMATS)
     parser.add_argument("--out", required=True, type=Path, help="output file")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument(
@@ -366,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--atol",
-        type=float,
+        type=_tolerance,
         default=DEFAULT_ATOL,
-        help=f"largest accepted |exported - eager| (default {DEFAULT_ATOL:g})",
+        help=f"largest accepted |exported - eager|, >= 0 (default {DEFAULT_ATOL:g})",
     )
     args = parser.parse_args(argv)
     from prn_model.train import load_checkpoint
@@ -385,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                 export_onnx(model, staging, opset=args.opset, example_size=example)
             else:
                 export_torchscript(model, staging, example_size=example)
-            difference = verify_export(model, staging)
+            # The format as given: the file's name need not say it.
+            difference = verify_export(model, staging, export_format=args.format)
             if not difference <= args.atol:  # NaN fails too
                 raise _Rejected(difference)
     except _Rejected as rejected:

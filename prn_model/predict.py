@@ -35,7 +35,7 @@ from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
 from prn_model.visualize import heatmap_overlay
-from prn_model.zoo import load_model
+from prn_model.zoo import _checkpoint_file, load_model
 
 __all__ = ["main", "predict_folder"]
 
@@ -79,7 +79,7 @@ def predict_folder(
         raise ValueError(f"threshold must be in [0, 1] (scores are probabilities), got {threshold}")
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other")
-    files = list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+    files = _list_images(Path(images_dir))
     _report_unscored(Path(images_dir), files)
     # Files are read with the channels the model was trained on (colour turned to luma for a
     # grayscale model); None keeps each file's own.
@@ -264,6 +264,17 @@ class _PartialLog:
         self._stream.close()
 
 
+def _list_images(images_dir: Path) -> list[Path]:
+    """The images to score (see ``predict_folder``); a single image given as the folder is
+    named as such rather than as a missing folder."""
+    if images_dir.is_file():
+        raise ValueError(
+            f"image folder {str(images_dir)!r} is a file, not a folder; give its folder "
+            f"{str(images_dir.parent)!r}"
+        )
+    return list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+
+
 def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
     """Name every file of ``folder`` that is not scored, with the reason: nothing is skipped
     without a word."""
@@ -335,9 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         device = _device(args.device)
-        if not args.checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {str(args.checkpoint)!r} does not exist")
-        list_images(args.images_dir, exclude_suffix=MASK_SUFFIX)  # fail before loading
+        _checkpoint_file(args.checkpoint)  # both paths checked before the slow loading
+        _list_images(args.images_dir)
         model = load_model(args.checkpoint, device=device)
         rows = predict_folder(
             model,

@@ -499,11 +499,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     A damaged file (failing its zip CRCs), an interrupted run's checkpoint, an unfitted
     memory bank and non-finite weights are refused with the reason.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a folder; give its checkpoint.pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    path = _checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives
         raise ValueError(f"{str(path)!r} is not a PRN checkpoint (not written by torch.save)")
     _check_archive(path)
@@ -552,6 +548,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     return model.to(torch.device(device)).eval()
 
 
+def _checkpoint_file(path: str | Path) -> Path:
+    """``path``, refused unless it is a file; a run folder (the usual slip) gets the path of
+    the checkpoint.pt it holds. Commands call this before their slower checks."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f"give {str(inside)!r}" if inside.is_file() else "it holds no checkpoint.pt"
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; {hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
 def _check_archive(path: Path) -> None:
     """Read every member of the checkpoint's zip archive against its CRC: torch's reader does
     not, so a damaged file would otherwise load with altered weights."""
@@ -564,16 +573,21 @@ def _check_archive(path: Path) -> None:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: {damaged!r} fails its CRC check")
 
 
+def _figures(label: str, results: dict[str, Any]) -> list[str]:
+    """``label: metric value, ...`` and the command that measured them."""
+    measured = {k: v for k, v in results.items() if k not in ("command", "split_by_group")}
+    if not measured:
+        return [f"  {label}: not yet"]
+    lines = [f"  {label}: " + ", ".join(f"{k} {v}" for k, v in measured.items())]
+    if "command" in results:
+        lines.append(f"  by: {results['command']}")
+    return lines
+
+
 def _describe(entry: ZooEntry) -> str:
-    lines = [entry.name, f"  {entry.description}"]
-    measured = {key: value for key, value in entry.results.items() if key != "split_by_group"}
-    command = measured.pop("command", None)
-    if measured:
-        lines.append("  measured: " + ", ".join(f"{k} {v}" for k, v in measured.items()))
-        if command:
-            lines.append(f"  by: {command}")
-    else:
-        lines.append("  measured: not yet")
+    lines = [entry.name, f"  {entry.description}", *_figures("measured", entry.results)]
+    if "split_by_group" in entry.results:
+        lines += _figures("split by tile", entry.results["split_by_group"])
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from prn_model.export import (
 )
 from prn_model.network import PRN, PRNConfig
 from prn_model.zoo import load_model
+from tests.conftest import expect_usage_error
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -190,6 +191,20 @@ def test_export_rejects_bad_input(model: PRN, tmp_path: Path):
     (tmp_path / "other.onnx").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not an ONNX file"):
         verify_export(model, tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="not an ONNX file"):
+        verify_export(model, tmp_path / "other.pt", export_format="onnx")
+    with pytest.raises(ValueError, match="export_format must be one of"):
+        read_metadata(tmp_path / "other.pt", export_format="tflite")
+
+
+def test_the_format_given_wins_over_the_file_name(
+    model: PRN, exports: dict[str, Path], tmp_path: Path
+):
+    for kind, path in exports.items():
+        renamed = tmp_path / f"{kind}.bin"
+        renamed.write_bytes(path.read_bytes())
+        assert read_metadata(renamed, export_format=kind)["format"] == kind
+        assert verify_export(model, renamed, export_format=kind) < ATOL
 
 
 def test_command_line(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -204,15 +219,37 @@ def test_command_line(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Capt
         main([str(tiny_checkpoint), "--format", "tflite", "--out", str(out)])
 
 
+@pytest.mark.parametrize(("kind", "name"), [("onnx", "m.bin"), ("torchscript", "m.onnx")])
+def test_command_line_writes_either_format_under_any_name(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, kind: str, name: str
+):
+    """--format decides, not the suffix of --out (nor that of the staging file beside it)."""
+    out = tmp_path / name
+    assert main([str(tiny_checkpoint), "--format", kind, "--out", str(out)]) == 0
+    assert f"wrote {out} ({kind})" in capsys.readouterr().out
+    assert read_metadata(out, export_format=kind)["format"] == kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("atol", ["-1", "nan", "inf", "-inf", "tiny"])
+def test_command_line_refuses_a_bad_atol_before_exporting(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, atol: str
+):
+    out = tmp_path / "prn.pt"
+    argv = [str(tiny_checkpoint), "--format", "torchscript", "--out", str(out), f"--atol={atol}"]
+    error = expect_usage_error(main, argv, capsys)
+    assert f"--atol: must be a finite number >= 0, got {atol!r}" in error
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_command_line_keeps_the_old_file_when_the_export_is_rejected(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
 ):
     out = tmp_path / "prn.pt"
     out.write_bytes(b"the previous, accepted export")
-    # A negative tolerance rejects every export: nothing may replace the old file.
-    code = main(
-        [str(tiny_checkpoint), "--format", "torchscript", "--out", str(out), "--atol", "-1"]
-    )
+    # An export that differs by more than --atol: nothing may replace the old file.
+    monkeypatch.setattr("prn_model.export.verify_export", lambda *args, **kwargs: 1.0)
+    code = main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(out)])
     assert code == 1 and "was not written" in capsys.readouterr().err
     assert out.read_bytes() == b"the previous, accepted export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prn.pt"]  # no staging file left

@@ -106,6 +106,30 @@ def test_empty_folder_and_bad_arguments_fail_with_one_line(
     assert not (tmp_path / "out" / "scores.csv").exists()
 
 
+def test_paths_of_the_wrong_kind_are_named_as_such(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """A run folder for the checkpoint, an image for the folder: say so, with the path to give."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run, checkpoint = str(tiny_checkpoint.parent), str(tiny_checkpoint)
+    image, missing = image_dir / "a.png", tmp_path / "missing"
+    cases = {
+        f"checkpoint {run!r} is a folder; give {checkpoint!r}": [run, str(image_dir)],
+        f"image folder {str(image)!r} is a file, not a folder; give its folder "
+        f"{str(image_dir)!r}": [checkpoint, str(image)],
+        f"image folder {str(missing)!r} does not exist": [checkpoint, str(missing)],
+        f"no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff) in folder {str(empty)!r}": [
+            checkpoint,
+            str(empty),
+        ],
+    }
+    for message, argv in cases.items():
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2, message
+        assert capsys.readouterr().err == f"prn-predict: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_module_entry_point(tmp_path: Path, image_dir: Path):
     result = subprocess.run(
         [sys.executable, "-m", "prn_model.predict", str(tmp_path / "missing.pt"), str(image_dir)]

@@ -212,8 +212,10 @@ def test_load_model_rejects_files_that_are_not_prn_checkpoints(
 def test_load_model_refuses_damaged_unfinished_and_non_finite_checkpoints(
     tmp_path: Path, tiny_checkpoint: Path
 ):
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ValueError, match="is a folder; it holds no checkpoint.pt"):
         zoo.load_model(tmp_path)
+    with pytest.raises(ValueError, match="is a folder; give '.*checkpoint.pt'"):
+        zoo.load_model(tiny_checkpoint.parent)
     damaged = tmp_path / "damaged.pt"
     data = bytearray(tiny_checkpoint.read_bytes())
     middle = len(data) // 2

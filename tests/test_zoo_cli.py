@@ -15,6 +15,10 @@ def test_lists_every_entry_with_its_measured_figures(capsys: pytest.CaptureFixtu
     assert f"aupro {entry.results['aupro']}" in out
     assert f"by: {entry.results['command']}" in out
     assert out.rstrip().endswith("is `prn-train`, and recipes/benchmark_mtd.py needs the checkout)")
+    split = dict(entry.results["split_by_group"])
+    command = split.pop("command")
+    figures = ", ".join(f"{metric} {value}" for metric, value in split.items())
+    assert f"\n  split by tile: {figures}\n  by: {command}\n" in out
     assert main(["prn_resnet18_mvtec"]) == 0
     assert "measured: not yet" in capsys.readouterr().out
 
