@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from anomgen import __version__
 from anomgen.core import AnomalyTransform, check_seed, from_dict, registered_transforms
 from anomgen.io import list_images
 from anomgen.presets import PRESETS, build_preset
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomgen", description="Anomaly-synthesis transforms: preview and list them."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     preview = sub.add_parser(
         "preview",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from anomgen import __version__  # one distribution, one version (setup.cfg reads it there)
+
 _LAZY_EXPORTS = {
     "create_model": "prn_model.zoo",
     "get_entry": "prn_model.zoo",
@@ -17,7 +19,7 @@ _LAZY_EXPORTS = {
     "train_config": "prn_model.zoo",
 }
 
-__all__ = sorted(_LAZY_EXPORTS)
+__all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:

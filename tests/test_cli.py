@@ -141,6 +141,16 @@ def test_list_and_help():
         assert option in help_text
 
 
+def test_version_is_the_distributions_one_version():
+    from importlib.metadata import version
+
+    import anomgen
+    import prn_model
+
+    assert _run("--version").stdout.strip() == f"anomgen {anomgen.__version__}"
+    assert prn_model.__version__ == anomgen.__version__ == version("anomgen-prn")
+
+
 def test_preview_on_real_data(shared_data: Path, tmp_path):
     """The prn preset on MTD: real Blowhole defects pasted onto normal tiles, DTD textures."""
     import shutil
