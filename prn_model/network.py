@@ -510,6 +510,12 @@ class PRN(nn.Module):
         self.input_channels: int | None = None
         self.register_load_state_dict_post_hook(_sync_config_after_load)
 
+    @property
+    def grayscale_input(self) -> bool | None:
+        """``load_image``'s ``grayscale`` for this model's images: True or False when it was
+        trained on grey or colour ones, None (each file's own) when that is unknown."""
+        return {1: True, 3: False}.get(self.input_channels)  # type: ignore[arg-type]
+
     def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
         """Run the backbone once on a blank image to learn the (C, H, W) of its 4 maps."""
         size = self.config.image_size

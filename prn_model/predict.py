@@ -83,7 +83,7 @@ def predict_folder(
     _report_unscored(Path(images_dir), files)
     # Files are read with the channels the model was trained on (colour turned to luma for a
     # grayscale model); None keeps each file's own.
-    grayscale = {1: True, 3: False}.get(model.input_channels)  # type: ignore[arg-type]
+    grayscale = model.grayscale_input
     out = Path(out)
     heatmap_dir = out / "heatmaps"
     columns = ["file", "score", *(["anomalous"] if threshold is not None else []), "error"]

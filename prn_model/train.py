@@ -471,7 +471,6 @@ class _StepBatches:
     """
 
     def __init__(self, n: int, batch_size: int, steps: int, start: int, seed: int, dist_: _Dist):
-        _check_batch_share(batch_size, dist_.world)
         self.n, self.batch_size, self.steps, self.start = n, batch_size, steps, start
         self.seed, self.dist = seed, dist_
 
@@ -490,12 +489,6 @@ class _StepBatches:
                 int(order[(offset * self.batch_size + j) % self.n]) for j in range(self.batch_size)
             ]
             yield [(i, epoch) for i in picks[self.dist.rank :: self.dist.world]]
-
-
-def _check_batch_share(batch_size: int, world: int) -> None:
-    """Every process takes an equal share of each (global) batch."""
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} processes")
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -591,7 +584,10 @@ def run(
     device = _resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     dist_ = _init_distributed(device)
     try:
-        _check_batch_share(config.batch_size, dist_.world)  # before any folder is touched
+        if config.batch_size % dist_.world:  # each process takes an equal share; say so early
+            raise ValueError(
+                f"batch_size {config.batch_size} must be divisible by the {dist_.world} processes"
+            )
         return _run(config, out, resume, overwrite, device, dist_)
     finally:
         if dist_.world > 1:
@@ -884,7 +880,7 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Metrics on the test set at ``image_size`` (masks resized with nearest neighbour)."""
     model.eval()
-    grayscale = {1: True, 3: False}.get(model.input_channels)  # type: ignore[arg-type]
+    grayscale = model.grayscale_input
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(split.test), 16), desc="evaluate", unit="batch"):
         chunk = split.test[start : start + 16]
