@@ -319,26 +319,25 @@ def _read_pixels(path: Path, grayscale: bool | None) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
-def _native_hw(path: Path) -> tuple[int, int]:
-    """Image size from the file header, without decoding the pixels."""
+def _header(path: Path) -> tuple[str, int, int]:
+    """Mode, height and width from the file header, without decoding the pixels."""
     path = _require_file(path)
     try:
         with Image.open(path) as image:
-            return image.height, image.width
+            return image.mode, image.height, image.width
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _native_hw(path: Path) -> tuple[int, int]:
+    return _header(path)[1:]
 
 
 def image_channels(records: Iterable[Record]) -> int:
     """1 when every record's image file is grayscale, else 3: a dataset mixing both is loaded
     as colour (grey replicated, nothing lost), so all its tensors stack. Reads headers only."""
     for record in records:
-        path = _require_file(Path(record.image))
-        try:
-            with Image.open(path) as image:
-                mode = image.mode
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
+        mode = _header(Path(record.image))[0]
         if mode not in {"1", "L", "LA"} and not mode.startswith("I;16"):
             return 3
     return 1
