@@ -11,6 +11,7 @@ Only scikit-image's bundled CC0 images are used (no dataset is committed): crops
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from anomgen import (
     PoissonPatch,
     SeenAnomalyPaste,
 )
-from anomgen.cli import main
+from anomgen.cli import main as anomgen_main
 
 OUT = Path(__file__).resolve().parent / "images" / "anomgen_preview.png"
 
@@ -55,7 +56,7 @@ def _write_inputs(root: Path) -> dict[str, Path]:
     return folders
 
 
-def build() -> Path:
+def build(out: Path = OUT) -> Path:
     with tempfile.TemporaryDirectory() as name:
         folders = _write_inputs(Path(name))
         every_strategy = OneOf(
@@ -70,7 +71,7 @@ def build() -> Path:
         )
         config = Path(name) / "all.yaml"
         config.write_text(yaml.safe_dump(every_strategy.to_dict()))
-        code = main(
+        code = anomgen_main(
             [
                 "preview",
                 "--images",
@@ -84,13 +85,20 @@ def build() -> Path:
                 "--seed",
                 "97",
                 "--out",
-                str(OUT),
+                str(out),
             ]
         )
     if code:
         raise SystemExit(code)
-    return OUT
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="the PNG to write")
+    print(f"wrote {build(parser.parse_args(argv).out)}")
+    return 0
 
 
 if __name__ == "__main__":
-    build()
+    raise SystemExit(main())

@@ -33,7 +33,7 @@ PROGRAMS = {
 }
 COMMAND_START = re.compile(
     r"^(torchrun\s|prn-(train|predict)\b|anomgen\s"
-    r"|python3? (-m (prn_model|anomgen)|recipes/|benchmarks/))"
+    r"|python3? (-m (prn_model|anomgen)|recipes/|benchmarks/|docs/))"
 )
 # Placeholders the docs write for a value: each is given a value of the right type.
 PLACEHOLDER_VALUES = {"W": "0.5", "S": "0.5", "R": "0.2"}
