@@ -348,6 +348,35 @@ def _resize(pixels: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.n
     return resized.reshape(hw[0], hw[1], pixels.shape[2])
 
 
+def _resize_float(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] to ``hw``: area averaging to shrink, bilinear to enlarge."""
+    if hw == image.shape[:2]:
+        return image
+    shrinking = hw[0] * hw[1] < image.shape[0] * image.shape[1]
+    image = _resize(image, hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return np.clip(image, 0.0, 1.0)
+
+
+def resize_image(image: torch.Tensor, size: Size) -> torch.Tensor:
+    """A float (C, H, W) image in [0, 1] resized as ``load_image`` resizes, on its device.
+
+    Training and evaluation read files through ``load_image``; ``PRN.predict`` resizes
+    through this, so an image scores the same whether it is given at its own size or at the
+    network's.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or not image.is_floating_point():
+        got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else image
+        raise ValueError(f"image must be a float (C, H, W) tensor, got {got}")
+    hw = _parse_size(size)
+    if hw is None:
+        raise ValueError("size must be a positive int or (height, width), got None")
+    if hw == tuple(image.shape[-2:]):
+        return image
+    pixels = image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+    resized = _resize_float(np.ascontiguousarray(pixels), hw)
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(image.device)
+
+
 def load_image(
     path: str | Path, size: Size | None = None, grayscale: bool | None = None
 ) -> torch.Tensor:
@@ -361,10 +390,8 @@ def load_image(
     pixels = _read_pixels(Path(path), grayscale)
     scale = float(np.iinfo(pixels.dtype).max)
     image = pixels.astype(np.float32) / scale
-    if hw is not None and hw != image.shape[:2]:
-        shrinking = hw[0] * hw[1] < image.shape[0] * image.shape[1]
-        image = _resize(image, hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        image = np.clip(image, 0.0, 1.0)
+    if hw is not None:
+        image = _resize_float(image, hw)
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 

@@ -6,7 +6,8 @@ The exported graph takes a float batch ``images`` (B, C, S, S) in [0, 1], S =
 mean of the ``top_k`` largest map values). The batch size is free; C is fixed at export time:
 use the channels the model was trained on (3 by default, 1 for grayscale data such as MTD).
 Grayscale input is repeated to 3 channels inside the graph, as the backbone does. Resizing
-images of other sizes is left to the caller (``PRN.predict`` uses antialiased bilinear).
+images of other sizes is left to the caller (``prn_model.data.resize_image`` resizes as
+training and ``PRN.predict`` do).
 
 Both exports trace the eager model once, so Python-side branches (input checks, the "fitted"
 flag, shape arithmetic) are fixed for the exported size; ``verify_export`` runs the exported

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prn_model.data import resize_image
 from prn_model.memory_bank import PatchMemoryBank, patch_features
 from prn_model.prototypes import MATCHING_MODES, PrototypeBank
 
@@ -723,7 +724,9 @@ class PRN(nn.Module):
     ) -> tuple[Tensor, Tensor | list[Tensor]]:
         """Scores (B,) and anomaly maps for a batch (B, C, H, W) or a list of (C, H, W) images.
 
-        Images of any size are resized to ``config.image_size``; the scores are computed on
+        Images of any size are resized to ``config.image_size`` as ``load_image`` resizes
+        files for training and evaluation (area averaging to shrink, bilinear to enlarge, on
+        the CPU), so an image scores the same here as in the recipe; the scores are computed on
         those network-resolution maps (so they do not depend on the input size) and each map
         is resized back to its input's size: a stacked (B, 1, H, W) tensor when all sizes agree,
         else a list of (1, H_i, W_i). Grayscale images in a list mixed with RGB ones are
@@ -781,14 +784,10 @@ class PRN(nn.Module):
         return all_scores, maps
 
     def _prepare(self, image: Tensor, size: tuple[int, int], to_rgb: bool) -> Tensor:
-        batch = image.unsqueeze(0).to(device=self.device, dtype=torch.float32)
-        if to_rgb:
-            batch = batch.expand(-1, 3, -1, -1)
-        if tuple(batch.shape[-2:]) != size:
-            batch = F.interpolate(
-                batch, size=size, mode="bilinear", align_corners=False, antialias=True
-            )
-        return batch.clamp(0.0, 1.0)
+        """Resized exactly as the recipe resizes its files, so both paths score alike."""
+        image = resize_image(image.to(dtype=torch.float32), size).clamp(0.0, 1.0)
+        batch = image.unsqueeze(0).to(device=self.device)
+        return batch.expand(-1, 3, -1, -1) if to_rgb else batch
 
 
 def _resize_map(probabilities: Tensor, size: Sequence[int]) -> Tensor:

@@ -40,6 +40,8 @@ PLACEHOLDER_VALUES = {"W": "0.5", "S": "0.5", "R": "0.2"}
 # Code spans that name an option or a program in a sentence rather than give a command.
 MENTIONS = {
     "anomgen preview --config",
+    "anomgen preview: error: ...",
+    "python -m prn_model.export --format onnx",
     "anomgen preview",
     "anomgen list",
     "prn-train:",

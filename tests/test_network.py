@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import cv2
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from prn_model.data import load_image, resize_image
 from prn_model.network import (
     PRN,
     MultiScaleFeatureFusion,
@@ -342,6 +344,38 @@ def test_predict_on_a_batch_returns_a_stacked_tensor(fitted):
     assert maps.shape == (3, 1, 48, 48)
     list_scores, list_maps = fitted.predict(list(images))
     assert torch.allclose(scores, list_scores) and torch.allclose(maps, list_maps)
+
+
+def test_predict_resizes_as_the_recipe_loads_files(fitted, tmp_path):
+    """An image scores the same given at its own size or read at the network's by the recipe."""
+    generator = torch.Generator().manual_seed(7)
+    pixels = (torch.rand(1, 150, 90, generator=generator) * 255).round().to(torch.uint8)
+    path = tmp_path / "tile.png"
+    cv2.imwrite(str(path), pixels[0].numpy())
+    native = load_image(path)
+    as_trained = load_image(path, IMAGE_SIZE)
+    assert torch.equal(resize_image(native, IMAGE_SIZE), as_trained)
+    scores, maps = fitted.predict([native])
+    reference_scores, reference_maps = fitted.predict([as_trained])
+    assert torch.equal(scores, reference_scores)
+    assert maps.shape == (1, 1, 150, 90) and reference_maps.shape == (1, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_resize_image_enlarges_keeps_the_device_and_rejects_bad_input():
+    image = torch.rand(3, 20, 30, dtype=torch.float64)
+    enlarged = resize_image(image, (40, 60))
+    assert enlarged.shape == (3, 40, 60) and enlarged.dtype == torch.float32
+    assert ((enlarged >= 0) & (enlarged <= 1)).all()
+    assert resize_image(image, (20, 30)) is image
+    for bad, message in [
+        (torch.rand(20, 30), r"float \(C, H, W\) tensor, got torch.float32 \(20, 30\)"),
+        (torch.zeros(1, 4, 4, dtype=torch.uint8), "got torch.uint8"),
+        ("image.png", "got image.png"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            resize_image(bad, 8)
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        resize_image(image, None)
 
 
 @pytest.mark.parametrize(
