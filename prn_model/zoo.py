@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import sys
 import zipfile
 import zlib
@@ -603,11 +604,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"prn_model.zoo: error: {error}", file=sys.stderr)
         return 2
-    print("\n\n".join(_describe(entry) for entry in entries))
-    print(
-        "\n(commands as run in a checkout; installed, `python recipes/train_prn.py` is"
-        " `prn-train`, and recipes/benchmark_mtd.py needs the checkout)"
+    text = "\n\n".join(_describe(entry) for entry in entries) + (
+        "\n\n(commands as run in a checkout; installed, `python recipes/train_prn.py` is"
+        " `prn-train`, and recipes/benchmark_mtd.py needs the checkout)\n"
     )
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left early (`| head`): stop without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

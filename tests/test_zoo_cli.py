@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from prn_model.zoo import get_entry, list_models, main
@@ -27,3 +31,17 @@ def test_an_unknown_name_is_one_line_and_status_2(capsys: pytest.CaptureFixture)
     assert main(["prn_nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown zoo model 'prn_nope'" in err and err.count("\n") == 1
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`python -m prn_model.zoo | head` must not end in a BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prn_model.zoo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    process.stdout.close()  # the reader is gone before anything is written
+    err = process.stderr.read().decode()
+    assert process.wait() == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
