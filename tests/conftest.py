@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Where the scripts look for the real data by default: ../shared/data beside the checkout.
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# PRN_TEST_SHARED_DATA points the realdata tests elsewhere, e.g. at a missing folder to check
+# that they skip cleanly: PRN_TEST_SHARED_DATA=/nonexistent pytest -m realdata
+SHARED_DATA = Path(os.environ.get("PRN_TEST_SHARED_DATA", DEFAULT_SHARED_DATA))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A realdata test skips when the data is absent, whether or not it asks for the
+    ``shared_data`` fixture; a test that asks for it must carry the marker, so that
+    ``-m "not realdata"`` leaves out every test that reads the real data."""
+    marked = item.get_closest_marker("realdata") is not None
+    if "shared_data" in getattr(item, "fixturenames", ()) and not marked:
+        pytest.fail(f"{item.nodeid} uses shared_data but is not marked realdata", False)
+    if marked and not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA}")
 
 
 @pytest.fixture

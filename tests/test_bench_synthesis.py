@@ -17,7 +17,9 @@ def test_every_preset_gets_a_row(tmp_path, monkeypatch, capsys):
     assert all(line.endswith("im/s") for line in lines[2:])
 
 
-def test_real_defects_are_pasted_when_mtd_is_present(shared_data, tmp_path):
+@pytest.mark.realdata
+def test_real_defects_are_pasted_when_mtd_is_present(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_synthesis, "SHARED", shared_data)  # the data the test was given
     folder = bench_synthesis._anomaly_dir(tmp_path)
     images = sorted(folder.glob("*.jpg"))
     assert len(images) == 10

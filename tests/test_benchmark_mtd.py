@@ -147,6 +147,7 @@ def test_bad_settings_and_a_failing_seed_are_reported(tmp_path: Path, capsys):
     assert not report.exists()
 
 
+@pytest.mark.realdata
 def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path: Path):
     report = tmp_path / "results.md"
     args = ["--root", str(shared_data / "mtd"), "--textures", str(shared_data / "dtd")]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -151,6 +152,7 @@ def test_version_is_the_distributions_one_version():
     assert prn_model.__version__ == anomgen.__version__ == version("anomgen-prn")
 
 
+@pytest.mark.realdata
 def test_preview_on_real_data(shared_data: Path, tmp_path):
     """The prn preset on MTD: real Blowhole defects pasted onto normal tiles, DTD textures."""
     import shutil

@@ -30,7 +30,7 @@ from anomgen import (
     TexturePool,
     from_dict,
 )
-from anomgen.core import derive_seed, make_generator
+from anomgen.core import AnomalyTransform, derive_seed, make_generator
 from tests.conftest import random_image
 
 
@@ -207,8 +207,22 @@ def test_dataset_is_independent_of_workers(normal_dir):
     item = dataset[1]
     assert item["image"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
     assert torch.equal(dataset[(1, 0)]["image"], item["image"])
-    dataset.set_epoch(1)
     assert item["label"].item() in (0.0, 1.0)
+
+
+def test_dataset_items_are_seeded_by_seed_epoch_and_index(normal_dir):
+    """Item i of epoch e is the transform drawn with derive_seed(seed, e, i): set_epoch gives
+    fresh samples, and an (index, epoch) key reproduces any epoch's item."""
+    transform = OneOf([Normal(), PerlinTexturePaste()])
+    dataset = SynthesisDataset(normal_dir, transform, size=32, seed=3)
+    first = [dataset[i]["image"] for i in range(len(dataset))]
+    dataset.set_epoch(1)
+    for i in range(len(dataset)):
+        expected = transform(dataset.load(i), seed=derive_seed(3, 1, i))
+        assert torch.equal(dataset[i]["image"], expected.image)
+        assert torch.equal(dataset[(i, 1)]["image"], expected.image)
+        assert torch.equal(dataset[(i, 0)]["image"], first[i])
+    assert any(not torch.equal(dataset[i]["image"], first[i]) for i in range(len(dataset)))
 
 
 def test_dataset_errors(tmp_path):
@@ -339,6 +353,59 @@ def test_numpy_integer_seeds_are_seeds():
         derive_seed(1.5, 0)
 
 
+def test_a_seeded_batch_draws_sample_i_with_derive_seed():
+    """With only ``seed``, sample i of a batch is the image alone drawn with
+    derive_seed(seed, i): the samples of a batch of copies differ, and each can be redone."""
+    transform = PerlinTexturePaste(textures=_flat_textured_pool())
+    batch = random_image(3, 32, 32)[None].repeat(3, 1, 1, 1)
+    together = transform(batch, seed=5)
+    for i in range(3):
+        alone = transform(batch[i], seed=derive_seed(5, i))
+        assert torch.equal(alone.image, together.image[i]) and alone.meta == together.meta[i]
+    assert together.meta[0]["params"] != together.meta[1]["params"]
+
+
+def test_batch_retries_draw_from_each_samples_own_generator():
+    """A sample drawn again after an empty mask uses its own generator, so it is the same
+    whether it was synthesized alone or anywhere in a batch."""
+    rare = PerlinTexturePaste(threshold=0.8)  # empty for many draws on a small image
+    batch = torch.stack([random_image(1, 32, 32, seed=i) for i in range(8)])
+    seeds = list(range(100, 108))
+    together = rare(batch, seeds=seeds)
+    retried = [
+        i
+        for i in range(1, 8)
+        if together.meta[i]["params"] != rare.sample_params(batch[i], make_generator(seeds[i]))
+    ]
+    assert retried  # a sample other than the first was drawn again
+    for i in range(8):
+        alone = rare(batch[i], seed=seeds[i])
+        assert torch.equal(alone.image, together.image[i]) and alone.meta == together.meta[i]
+
+
+@dataclasses.dataclass
+class _InvisibleChange(AnomalyTransform):
+    """Marks the whole image but changes nothing: no anomaly, whatever the mask says."""
+
+    def sample_params(self, image, generator):
+        return {}
+
+    def apply(self, image, params):
+        return image.clone(), image.new_ones((1, *image.shape[1:]))
+
+
+def test_a_mask_over_unchanged_pixels_is_cleared_and_labelled_normal():
+    """The mask is a promise that the pixels changed: one that marks nothing visible is emptied
+    (alone, in a batch, and for 8-bit input) and the sample is labelled normal."""
+    invisible = _InvisibleChange()
+    single = invisible(random_image(3, 16, 16), seed=0)
+    assert not single.meta["anomalous"] and single.mask.sum() == 0
+    batch = invisible(torch.stack([random_image(1, 16, 16, seed=i) for i in range(3)]), seed=0)
+    assert not any(meta["anomalous"] for meta in batch.meta) and batch.mask.sum() == 0
+    flat = invisible(np.full((16, 16), 128, np.uint8), seed=0)
+    assert not flat.meta["anomalous"] and not flat.mask.any()
+
+
 def test_a_batch_of_one_is_seeded_like_any_batch():
     batch = random_image(3, 32, 32)[None].repeat(2, 1, 1, 1)
     transform = PerlinTexturePaste()
@@ -409,14 +476,21 @@ def test_config_values_of_the_wrong_type_are_value_errors(tmp_path):
         "SeenAnomalyPaste": {"anomalies": anomalies},
         "RealAnomalyImage": {"anomalies": anomalies},
     }
+    tried = 0
     for name, cls in registered_transforms().items():
         for field in dataclasses.fields(cls):
             for value in _WRONG_TYPES if field.init else ():
                 config = {"type": name, **base.get(name, {}), field.name: value}
+                tried += 1
                 try:
                     from_dict(config)
-                except (ValueError, FileNotFoundError):
-                    pass
+                except (ValueError, FileNotFoundError) as error:
+                    # The error says which setting or value is wrong.
+                    message = str(error)
+                    named = field.name in message or str(value) in message
+                    empty = value == [] and "at least one transform" in message
+                    assert named or empty, (name, field.name, value, message)
+    assert tried > 500  # every registered transform's settings were tried
 
 
 @pytest.mark.parametrize(
@@ -557,3 +631,7 @@ def test_derive_seed_guarantee_is_as_documented():
     assert len({derive_seed(*k) for k in keys}) == len(keys)
     assert derive_seed(7) == derive_seed(7, 0) == derive_seed(7, 0, 0)
     assert derive_seed(2**32, 0) == derive_seed(0, 1)
+    # Pinned values: a change to the mixing would silently change every published stream.
+    assert derive_seed(0) == 6375474604893067239
+    assert derive_seed(0, 1) == 8514611595815388268
+    assert derive_seed(3, 1, 2) == 3479375443970694476

@@ -24,8 +24,6 @@ from prn_model.data import (
     read_mvtec,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def write_image(path: Path, size: tuple[int, int] = (8, 6), value: int = 100, mode: str = "L"):
     """Write a constant image of (width, height) ``size``."""
@@ -442,9 +440,8 @@ def test_manifest_lists_relative_files(tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not (SHARED_DATA / "mtd").is_dir(), reason="needs ../shared/data/mtd")
-def test_real_mtd_counts_and_ten_shot_split():
-    records = read_mtd(SHARED_DATA / "mtd")
+def test_real_mtd_counts_and_ten_shot_split(shared_data):
+    records = read_mtd(shared_data / "mtd")
     counts = Counter(r.defect_type for r in records)
     assert counts == {
         "good": 952,
@@ -469,11 +466,10 @@ def test_real_mtd_counts_and_ten_shot_split():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not (SHARED_DATA / "mtd").is_dir(), reason="needs ../shared/data/mtd")
-def test_real_mtd_tiles_and_group_split():
+def test_real_mtd_tiles_and_group_split(shared_data):
     """MTD shows each tile under six lightings: an image-by-image split puts a lighting of every
     test tile into training; the group split does not (docs/results.md)."""
-    records = read_mtd(SHARED_DATA / "mtd")
+    records = read_mtd(shared_data / "mtd")
     tiles = Counter(r.defect_type for r in {r.group: r for r in records}.values())
     assert tiles == {"good": 87, "Blowhole": 18, "Break": 16, "Crack": 10, "Fray": 6, "Uneven": 17}
     by_image = make_split(records, n_anomalies=10, seed=0)

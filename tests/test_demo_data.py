@@ -40,7 +40,9 @@ def test_layout_reads_as_mvtec(tmp_path):
 
 def test_masks_are_binary_and_mark_visible_changes(tmp_path):
     build_demo_dataset(tmp_path, **SMALL)
-    for mask_path in sorted((tmp_path / CATEGORY / "ground_truth").rglob("*_mask.png")):
+    mask_paths = sorted((tmp_path / CATEGORY / "ground_truth").rglob("*_mask.png"))
+    assert len(mask_paths) == 3 * SMALL["n_test_defect"]  # every defect image, none skipped
+    for mask_path in mask_paths:
         mask = np.asarray(Image.open(mask_path))
         assert set(np.unique(mask)) == {0, 255}
         image_path = tmp_path / CATEGORY / "test" / mask_path.parent.name / "000.png"

@@ -110,6 +110,22 @@ def test_distance_map_is_zero_on_bank_vectors_and_grows_away_from_them():
         _bank().distance_map(near, (64, 64))
 
 
+def test_distance_map_is_blurred_by_a_gaussian_of_sigma_image_size_over_64():
+    """One far patch among near ones: the blur spreads its distance over the neighbours and
+    keeps the total (a sharp map would put it all on one pixel)."""
+    bank = _bank(size=1, channels=1, image_size=64)  # sigma 1: kernel radius 3
+    bank.bank, bank.bank_norms = torch.zeros(1, 1), torch.zeros(1)
+    patches = torch.zeros(1, 1, 16, 16)
+    patches[0, 0, 8, 8] = 1.0
+    distance = bank.distance_map(patches, (16, 16))[0, 0]
+    kernel = torch.exp(-0.5 * torch.arange(-3.0, 4.0) ** 2)
+    kernel /= kernel.sum()
+    assert distance[8, 8] == pytest.approx(float(kernel[3] ** 2), rel=1e-5)
+    assert distance[8, 10] == pytest.approx(float(kernel[3] * kernel[5]), rel=1e-5)
+    assert float(distance.sum()) == pytest.approx(1.0, rel=1e-5)
+    assert float(distance[8, 12]) == 0.0  # beyond the kernel's radius
+
+
 def test_fuse_mixes_standardised_maps_in_the_logit_scale():
     bank = _bank(weight=0.25).fill([_patches(2)])
     with pytest.raises(RuntimeError, match="not calibrated"):
@@ -196,8 +212,8 @@ def test_fitted_bank_travels_in_the_state_dict(fused):
     expected = fused.anomaly_map(images)
     fresh = PRN(fused.config, backbone=TinyBackbone())
     assert fresh.memory_bank.bank.shape[0] == 0
+    fresh.load_state_dict({**fused.state_dict(), "memory_bank.fitted": torch.tensor(False)})
     with pytest.raises(RuntimeError, match="memory bank is not fitted"):
-        fresh.load_state_dict({**fused.state_dict(), "memory_bank.fitted": torch.tensor(False)})
         fresh.eval().anomaly_map(images)
     fresh.load_state_dict(fused.state_dict(), strict=True)
     assert fresh.memory_bank.bank.shape == fused.memory_bank.bank.shape

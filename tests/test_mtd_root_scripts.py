@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import check_tile_groups, grey_level_stats, patchcore_baseline
-from tests.conftest import SHARED_DATA, expect_usage_error
+from tests.conftest import DEFAULT_SHARED_DATA, expect_usage_error
 
 SCRIPTS = [check_tile_groups, grey_level_stats, patchcore_baseline]
 
@@ -31,4 +31,4 @@ def test_the_default_root_does_not_depend_on_the_working_folder(script, tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         script.main([])
-    assert roots == [SHARED_DATA / "mtd"]
+    assert roots == [DEFAULT_SHARED_DATA / "mtd"]

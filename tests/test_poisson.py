@@ -289,8 +289,7 @@ def test_foreground_threshold_is_a_plain_float():
 @pytest.mark.realdata
 def test_real_free_tiles_as_sources(shared_data, tmp_path):
     free = sorted((shared_data / "mtd" / "MT_Free" / "Imgs").glob("*.jpg"))[:4]
-    if len(free) < 4:
-        pytest.skip("MTD MT_Free images not found")
+    assert len(free) == 4, "the real data is present but MT_Free holds no images"
     sources = tmp_path / "free"
     sources.mkdir()
     for jpg in free[1:]:

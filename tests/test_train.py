@@ -93,33 +93,46 @@ def test_cuda_run_fits_prototypes_on_the_gpu_and_resumes(tmp_path, monkeypatch):
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
 
 
-def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path):
+def _fake_clock(monkeypatch: pytest.MonkeyPatch, elapsed: float) -> None:
+    """The recipe's clock for the next run: it starts at 0 and every later reading says
+    ``elapsed`` seconds have passed, so the recorded time is exact (no wall-clock bounds)."""
+    readings = iter([0.0])
+    clock = type(sys)("fake_time")
+    clock.perf_counter = lambda: next(readings, elapsed)
+    monkeypatch.setattr(train_module, "time", clock)
+
+
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed(tmp_path, monkeypatch):
     run(tiny_train_config(stop_at_step=3), tmp_path / "run")
     path = tmp_path / "run" / "checkpoint.pt"
     payload = load_checkpoint(path)
     del payload["config"]["original_weight"]  # as written before --original-weight
     del payload["train_seconds"]  # as written before it was stored: only new time counts
     torch.save(payload, path)
+    _fake_clock(monkeypatch, 7.0)
     metrics = run(tiny_train_config(), tmp_path / "run", resume=True)
     assert load_checkpoint(path)["step"] == 6
-    assert 0 < metrics["train_seconds"] < 100
+    assert metrics["train_seconds"] == 7.0
 
 
-def test_train_seconds_add_up_across_resumptions(tmp_path):
+def test_train_seconds_add_up_across_resumptions(tmp_path, monkeypatch):
     out = tmp_path / "run"
+    _fake_clock(monkeypatch, 3.0)
     run(tiny_train_config(stop_at_step=3), out)
     path = out / "checkpoint.pt"
     payload = load_checkpoint(path)
-    assert payload["step"] == 2 and payload["train_seconds"] > 0
+    assert payload["step"] == 2 and payload["train_seconds"] == 3.0
     payload["train_seconds"] = 1000.0  # as if the interrupted process had trained that long
     torch.save(payload, path)
+    _fake_clock(monkeypatch, 7.0)
     metrics = run(tiny_train_config(), out, resume=True)
-    total = load_checkpoint(path)["train_seconds"]
-    assert 1000 < total < 1100 and metrics["train_seconds"] == round(total, 1)
+    assert load_checkpoint(path)["train_seconds"] == 1007.0
+    assert metrics["train_seconds"] == 1007.0
     # Re-evaluating the finished run trains nothing: the figure stays.
+    _fake_clock(monkeypatch, 50.0)
     again = run(tiny_train_config(), out, resume=True)
-    assert again["train_seconds"] == metrics["train_seconds"]
-    assert json.loads((out / "metrics.json").read_text())["train_seconds"] == round(total, 1)
+    assert again["train_seconds"] == 1007.0
+    assert json.loads((out / "metrics.json").read_text())["train_seconds"] == 1007.0
 
 
 def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatch):
@@ -484,6 +497,7 @@ def test_ddp_stride_warning_filter_is_limited_to_depthwise_gradients():
     assert not pattern.match(template.format("64, 16"))
 
 
+@pytest.mark.realdata
 def test_real_mtd_run_learns_and_does_not_leak(shared_data, tmp_path):
     """A short ten-shot run on the real Magnetic Tile Defect data (skipped when absent)."""
     config = TrainConfig(
