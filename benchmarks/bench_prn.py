@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 from prn_model.backbones import list_backbones
 from prn_model.loss import PRNLoss
 from prn_model.network import PRN, PRNConfig
+from prn_model.train import peak_rss_mib
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:
@@ -80,7 +80,7 @@ def measure_model(backbone: str, size: int, device_name: str, repeats: int) -> d
         "inference_images_per_s": 8 / total,
         "encoder_share": encoder / total,
         "head_over_encoder": (total - encoder) / encoder,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -101,7 +101,7 @@ def measure_prototypes(n_normal: int, size: int = 256) -> dict:
     return {
         "n_normal": n_normal,
         "fit_s": time.perf_counter() - start,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

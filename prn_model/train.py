@@ -751,7 +751,7 @@ def _run(
         train_seconds = save_checkpoint()
     metrics = evaluate_split(model, split, config, device, out)
     metrics["train_seconds"] = round(train_seconds, 1)
-    metrics["peak_rss_mib"] = _peak_rss_mib()
+    metrics["peak_rss_mib"] = peak_rss_mib()
     metrics["world_size"] = dist_.world
     metrics["rank_fingerprints"] = fingerprints
     metrics["environment"] = run_environment(device)
@@ -865,10 +865,25 @@ def run_environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    On Linux the high-water mark of its own memory (``VmHWM``): ``ru_maxrss`` also holds the
+    parent's peak at the time a spawned process (a benchmark's seed or measurement) started,
+    which the kernel carries through fork and exec. Elsewhere ``ru_maxrss`` (bytes on macOS,
+    KiB otherwise).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
 # ----------------------------------------------------------------------------- evaluation

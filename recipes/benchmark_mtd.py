@@ -43,15 +43,13 @@ METRICS = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "p
 
 
 def _one_run(kwargs: dict, out: str, queue) -> None:
-    """One seed in a fresh process, so its peak memory is its own."""
-    import resource
-
-    from prn_model.train import TrainConfig, run
+    """One seed in a fresh process, so its peak memory is its own (not the earlier seeds')."""
+    from prn_model.train import TrainConfig, peak_rss_mib, run
 
     started = time.perf_counter()
     metrics = run(TrainConfig(**kwargs), out, overwrite=True)  # a re-run replaces the seed's
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
-    metrics["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    metrics["peak_rss_mib"] = peak_rss_mib()
     queue.put(metrics)
 
 

@@ -135,6 +135,39 @@ def test_train_seconds_add_up_across_resumptions(tmp_path, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["train_seconds"] == 1007.0
 
 
+_PEAK_OF_A_CHILD = """
+import multiprocessing, sys
+from prn_model.train import peak_rss_mib
+
+def report(queue):
+    queue.put(peak_rss_mib())
+
+if __name__ == "__main__":
+    sys.path.insert(0, ".")
+    held = bytearray(800 * 2**20)
+    held[:: 4096] = b"x" * len(held[:: 4096])  # touch every page: 800 MiB resident
+    del held
+    parent = peak_rss_mib()
+    queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=report, args=(queue,))
+    child.start()
+    print(parent, queue.get())
+    child.join()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux's VmHWM")
+def test_a_spawned_process_peak_memory_is_its_own(tmp_path):
+    """A benchmark's seed runs in a spawned process: the parent's peak is not the seed's."""
+    script = tmp_path / "peak.py"
+    script.write_text(_PEAK_OF_A_CHILD)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    parent, child = map(float, out.stdout.split())
+    assert parent > 800 and child < parent - 600, (parent, child)
+
+
 def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatch):
     # Checkpoints written before the recipe stored paths absolute hold them as typed.
     (tmp_path / "textures").mkdir()
