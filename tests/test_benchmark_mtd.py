@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,16 @@ import pytest
 import torch
 
 from prn_model import zoo
-from recipes.benchmark_mtd import END, START, _write_report, main, parse_args
+from recipes.benchmark_mtd import (
+    END,
+    METRICS,
+    PAPER_MVTEC,
+    START,
+    _report,
+    _write_report,
+    main,
+    parse_args,
+)
 from tests.test_data import make_mtd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +36,52 @@ def test_report_block_is_replaced_and_the_analysis_kept(tmp_path: Path):
     text = report.read_text()
     assert "new numbers" in text and "old numbers" not in text
     assert text.endswith("## Analysis\nhand-written\n")
+
+
+def _fake_run(value: float, per_type: dict[str, float]) -> dict:
+    environment = {"device": "cpu", "cpu_capability": "AVX2", "cpu_threads": 1}
+    environment |= {k: "1" for k in ("python", "torch", "numpy", "opencv", "anomgen")}
+    return {
+        **dict.fromkeys(METRICS, value),
+        "per_defect_type": {name: dict.fromkeys(METRICS, v) for name, v in per_type.items()},
+        "wall_seconds": 1.0,
+        "peak_rss_mib": 10.0,
+        "environment": environment,
+    }
+
+
+def test_report_std_is_the_sample_one_and_absent_or_undefined_seeds_are_counted(
+    tmp_path: Path,
+):
+    args, _ = parse_args(["--root", str(tmp_path), "--seeds", "0", "1", "2"])
+    # Fray's images were all drawn as few-shot anomalies on seed 0; Crack's AUPRO-like NaN.
+    runs = [
+        _fake_run(0.9, {"Crack": 0.8}),
+        _fake_run(0.8, {"Crack": math.nan, "Fray": 0.6}),
+        _fake_run(0.7, {"Crack": 0.6, "Fray": 0.4}),
+    ]
+    text = _report(args, runs, "python recipes/benchmark_mtd.py")
+    assert "Sample standard deviation (n - 1)" in text
+    assert "with all normal test images" in text
+    assert "| all | 0.8000 ± 0.1000 |" in text  # sample std of 0.9 0.8 0.7 (population: 0.0816)
+    assert "| Crack | 0.7000 ± 0.1414 (2 of 3 seeds) |" in text
+    assert "| Fray | 0.5000 ± 0.1414 (2 of 3 seeds) |" in text
+    one, _ = parse_args(["--root", str(tmp_path), "--seeds", "0"])
+    assert "| all | 0.9000 ± n/a |" in _report(one, runs[:1], "python recipes/benchmark_mtd.py")
+
+
+def test_an_mvtec_report_shows_the_paper_beside_the_run(tmp_path: Path):
+    argv = ["--root", str(tmp_path), "--dataset", "mvtec", "--seeds", "0", "1"]
+    args, _ = parse_args([*argv, "--category", "bottle"])
+    runs = [_fake_run(0.99, {"broken_large": 0.98}), _fake_run(0.97, {"broken_large": 0.96})]
+    text = _report(args, runs, "python recipes/benchmark_mtd.py")
+    assert "| bottle | 100.0 | 99.4 | n/a | 98.0 ± 1.4 | 98.0 ± 1.4 | 98.0 ± 1.4 |" in text
+    args, _ = parse_args([*argv, "--category", "widget"])  # no paper figure to show
+    assert "paper" not in _report(args, runs, "python recipes/benchmark_mtd.py")
+    # The figures are those docs/results.md transcribes, with their source.
+    section = (ROOT / "docs" / "results.md").read_text().split("## MVTec AD: the paper")[1]
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+) \|", section, re.M)
+    assert {name: (float(i), float(p)) for name, i, p in rows} == PAPER_MVTEC
 
 
 def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: Path):
