@@ -123,6 +123,19 @@ def test_only_the_published_benchmark_replaces_docs_results(tmp_path: Path):
     assert parse_args([*root, "--steps", "2", "--report", str(chosen)])[0].report == chosen
 
 
+def test_a_default_run_without_textures_does_not_replace_docs_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The published figures pasted DTD textures; without ../shared/data/dtd the same command
+    trains another mix (the texture strategy falls back to the image's own texture)."""
+    import recipes.benchmark_mtd as benchmark
+
+    monkeypatch.setattr(benchmark, "SHARED", tmp_path / "shared")  # no dtd/ there
+    args, settings = parse_args(["--root", str(tmp_path), "--out", str(tmp_path / "runs")])
+    assert settings["textures"] is None
+    assert args.report == tmp_path / "runs" / "report.md"
+
+
 @pytest.mark.parametrize("seeds", [["0", "0"], ["1", "-1"]])
 def test_duplicate_or_negative_seeds_are_refused(tmp_path: Path, seeds: list[str], capsys):
     with pytest.raises(SystemExit) as exit_info:
