@@ -507,12 +507,12 @@ def _save_atomic(payload: dict[str, Any], path: Path) -> None:
         torch.save(payload, tmp)
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
     """Undefined metrics are NaN; JSON has no NaN, so they are written as null."""
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
@@ -755,7 +755,7 @@ def _run(
     metrics["world_size"] = dist_.world
     metrics["rank_fingerprints"] = fingerprints
     metrics["environment"] = run_environment(device)
-    write_text_atomic(out / "metrics.json", json.dumps(_nan_to_none(metrics), indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(nan_to_none(metrics), indent=2))
     write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
 

@@ -95,7 +95,8 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"# PRN results on {name}",
         "",
         f"Zoo entry `{args.model}` with the command's options. "
-        f"Ten-shot protocol: {args.n_anomalies} real anomalies drawn by seed and removed from the "
+        f"{'Ten' if args.n_anomalies == 10 else args.n_anomalies}-shot protocol: "
+        f"{args.n_anomalies} real anomalies drawn by seed and removed from the "
         f"test set{', normal images split 3:1' if args.dataset != 'mvtec' else ''}"
         + (
             " (split by physical tile: the drawn anomalies come from distinct tiles, every image "
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from prn_model.backbones import create_backbone
-    from prn_model.train import TrainConfig
+    from prn_model.train import TrainConfig, nan_to_none
 
     try:  # check every seed's settings, and the backbone's weights, before any seed trains
         for seed in args.seeds:
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         runs.append(metrics)
         write_text_atomic(
-            args.out / f"seed{seed}" / "benchmark.json", json.dumps(metrics, indent=2)
+            args.out / f"seed{seed}" / "benchmark.json", json.dumps(nan_to_none(metrics), indent=2)
         )
         print(f"seed {seed}: " + ", ".join(f"{m}={metrics[m]:.4f}" for m in METRICS))
     command = "python recipes/benchmark_mtd.py " + " ".join(

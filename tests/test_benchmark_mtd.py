@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -76,6 +77,9 @@ def test_an_mvtec_report_shows_the_paper_beside_the_run(tmp_path: Path):
     runs = [_fake_run(0.99, {"broken_large": 0.98}), _fake_run(0.97, {"broken_large": 0.96})]
     text = _report(args, runs, "python recipes/benchmark_mtd.py")
     assert "| bottle | 100.0 | 99.4 | n/a | 98.0 ± 1.4 | 98.0 ± 1.4 | 98.0 ± 1.4 |" in text
+    assert "Ten-shot protocol: 10 real anomalies" in text
+    args, _ = parse_args([*argv, "--category", "bottle", "--n-anomalies", "5"])
+    assert "5-shot protocol: 5 real anomalies" in _report(args, runs, "python x.py")
     args, _ = parse_args([*argv, "--category", "widget"])  # no paper figure to show
     assert "paper" not in _report(args, runs, "python recipes/benchmark_mtd.py")
     # The figures are those docs/results.md transcribes, with their source.
@@ -243,7 +247,9 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     capability = torch.backends.cpu.get_cpu_capability()
     assert f"Environment: CPU ({capability}, {threads} threads); Python " in text
     assert f"torch {torch.__version__}, numpy" in text
-    assert (tmp_path / "runs" / "seed0" / "benchmark.json").is_file()
+    # Strict JSON: an undefined metric would be null, never a bare NaN.
+    saved = (tmp_path / "runs" / "seed0" / "benchmark.json").read_text()
+    assert json.loads(saved, parse_constant=pytest.fail)["image_auroc"] > 0
 
 
 def _seed_processes(parent: int) -> list[int]:
