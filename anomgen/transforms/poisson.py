@@ -38,14 +38,17 @@ class PoissonPatch(AnomalyTransform):
     ``sources`` is a folder of normal images (decoded once into memory as a
     ``TexturePool`` and resized to each target's size, so a patch keeps its scale), a
     ``TexturePool``, or None to take the rectangle from the image itself at another
-    random place. The rectangle's ``width`` and ``height`` are fractions of the image's
-    (0.1-0.4; NSA draws from 0.03-0.4 per class), then it is rescaled by a factor from
-    ``rescale`` (NSA: 0.7-1.3; (1, 1) turns it off). Its centre lands on a random pixel
-    of the foreground (``foreground``, ``foreground_threshold``, ``foreground_invert``
-    as in ``SeenAnomalyPaste``). One patch per sample; NSA's intensity-based soft labels
-    are replaced by a binary mask of the pixels that changed by more than one grey level
-    (which can reach a few pixels beyond the rectangle, where the blend evens out the
-    brightness); every other pixel is untouched.
+    random place. The rectangle's ``width`` and ``height`` are fractions of the image's,
+    drawn uniformly (0.1-0.4; NSA draws half-widths of 0.03 + Gamma(2, 0.05), clipped to
+    per-class bounds of mostly 0.03-0.4), then it is rescaled, keeping its aspect ratio, by
+    a factor drawn uniformly from ``rescale`` (NSA: clip(N(1, 0.5), 0.7, 1.3); (1, 1) turns
+    it off). Its centre lands on a random pixel of the foreground (``foreground``,
+    ``foreground_threshold``, ``foreground_invert`` as in ``SeenAnomalyPaste``); parts
+    outside the image are dropped (NSA keeps the patch inside). One patch per sample (NSA:
+    up to 3-4); NSA's median-filtered and intensity-based labels are replaced by a binary
+    mask of the pixels that changed by more than one grey level (which can reach a few
+    pixels beyond the rectangle, where the blend evens out the brightness); every other
+    pixel is untouched. docs/anomgen.md lists the differences from NSA's code.
     """
 
     sources: str | Path | TexturePool | None = None
