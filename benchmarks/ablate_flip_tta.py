@@ -39,7 +39,9 @@ def flip_metrics(model: PRN, config: TrainConfig, split: Split) -> dict[str, dic
     maps = {(): [], (-1,): [], (-2,): []}
     masks = []
     for start in tqdm(range(0, len(split.test), 16), desc="maps", unit="batch"):
-        images, batch_masks = load_records(split.test[start : start + 16], config.image_size)
+        images, batch_masks = load_records(
+            split.test[start : start + 16], config.image_size, model.grayscale_input
+        )
         for dims in maps:
             flipped = images.flip(dims) if dims else images
             probabilities = model.anomaly_map(flipped)

@@ -52,7 +52,9 @@ def smoothing_metrics(
     masks = []
     with torch.no_grad():
         for start in tqdm(range(0, len(split.test), 16), desc="maps", unit="batch"):
-            images, chunk_masks = load_records(split.test[start : start + 16], config.image_size)
+            images, chunk_masks = load_records(
+                split.test[start : start + 16], config.image_size, model.grayscale_input
+            )
             features = model.extract_features(images)
             logits = model.head(features, images.shape[-2:])
             bank = model.memory_bank

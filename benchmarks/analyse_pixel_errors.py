@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from prn_model.data import Split, load_records
+from prn_model.data import Split, load_mask, load_records
 from prn_model.memory_bank import patch_features
 from prn_model.metrics import auroc, evaluate
 from prn_model.network import PRN
@@ -42,13 +42,8 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
 def load_test_masks(split: Split, size: int) -> np.ndarray:
-    """(N, size, size) masks of the test set, in its order."""
-    return np.concatenate(
-        [
-            load_records(split.test[start : start + 64], size)[1][:, 0].numpy()
-            for start in range(0, len(split.test), 64)
-        ]
-    )
+    """(N, size, size) masks of the test set, in its order (the images are not decoded)."""
+    return np.stack([load_mask(record.mask, size)[0].numpy() for record in split.test])
 
 
 @torch.no_grad()
@@ -58,7 +53,7 @@ def map_components(model: PRN, split: Split, size: int) -> tuple[Tensor, Tensor 
     bank = model.memory_bank
     logit_maps, distance_maps = [], []
     for start in tqdm(range(0, len(split.test), 16), desc="maps", unit="batch", leave=False):
-        images, _ = load_records(split.test[start : start + 16], size)
+        images, _ = load_records(split.test[start : start + 16], size, model.grayscale_input)
         features = model.extract_features(images)
         logits = model.head(features, images.shape[-2:])[:, 0]
         if bank is None:

@@ -50,13 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     model = PRN(dataclasses.replace(trained.config, memory_bank_size=args.size), pretrained=False)
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith("memory_bank.")}
     model.load_state_dict(state, strict=False)
+    model.input_channels = trained.input_channels  # not in the state dict; sets how files load
     model.eval()
     size = config.image_size
     bank, calibration = memory_bank_split(len(split.train_normal), config.seed)
 
     def batches(indices: torch.Tensor):
         for chunk in indices.split(16):
-            yield load_records([split.train_normal[int(i)] for i in chunk], size)[0]
+            chunk_records = [split.train_normal[int(i)] for i in chunk]
+            yield load_records(chunk_records, size, model.grayscale_input)[0]
 
     model.fit_memory_bank(batches(bank), batches(calibration), config.seed, progress=True)
     labels = np.array([r.label for r in split.test])
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         maps, masks = [], []
         with torch.no_grad():
             for start in tqdm(range(0, len(split.test), 16), desc=f"w={weight}", leave=False):
-                images, chunk_masks = load_records(split.test[start : start + 16], size)
+                images, chunk_masks = load_records(
+                    split.test[start : start + 16], size, model.grayscale_input
+                )
                 maps.append(model.anomaly_map(images)[:, 0])
                 masks.append(chunk_masks[:, 0])
         all_maps = torch.cat(maps)

@@ -139,3 +139,34 @@ def test_sweep_adds_a_bank_to_a_checked_model(tiny_checkpoint, capsys):
     assert rows[:2] == ["0.00", "0.50"]
     error = usage_error("sweep_memory_bank_weight", [str(tiny_checkpoint), "--size", "0"], capsys)
     assert "--size" in error
+
+
+def test_scripts_read_a_mixed_grey_and_colour_folder_as_the_model_does(tmp_path, capsys):
+    """A folder mixing grey and colour files trains in colour; re-scoring reads it so too."""
+    from tests.test_data import write_image, write_mask
+
+    for i in range(12):
+        mode = "RGB" if i % 3 == 0 else "L"
+        write_image(tmp_path / f"good/{i:02d}.png", (64, 64), 90 + 5 * i, mode)
+    for i in range(4):
+        write_image(tmp_path / f"bad/dent/{i}.png", (64, 64), 200, "L")
+        write_mask(tmp_path / f"masks/dent/{i}.png", (64, 64))
+    config = tiny_train_config(
+        dataset="folder",
+        normal_dir=str(tmp_path / "good"),
+        anomaly_dir=str(tmp_path / "bad"),
+        mask_dir=str(tmp_path / "masks"),
+        n_anomalies=2,
+        steps=2,
+        memory_bank_size=16,
+    )
+    run(config, tmp_path / "run")
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    for script, options in [
+        ("ablate_flip_tta", []),
+        ("ablate_map_smoothing", ["--sigmas", "0"]),
+        ("analyse_pixel_errors", []),
+        ("sweep_memory_bank_weight", ["--weights", "0.5", "--size", "8"]),
+    ]:
+        importlib.import_module(f"benchmarks.{script}").main([checkpoint, *options])
+        assert "image" in capsys.readouterr().out.lower(), script
