@@ -119,3 +119,17 @@ def expect_usage_error(main, argv: list[str], capsys: pytest.CaptureFixture) -> 
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in err
     return errors[0]
+
+
+def mixed_channel_folder(root: Path) -> dict[str, str]:
+    """A folder dataset whose normal images mix grey and colour files: its config options."""
+    from tests.test_data import write_image, write_mask
+
+    for i in range(12):
+        mode = "RGB" if i % 3 == 0 else "L"
+        write_image(root / f"good/{i:02d}.png", (64, 64), 90 + 5 * i, mode)
+    for i in range(4):
+        write_image(root / f"bad/dent/{i}.png", (64, 64), 200, "L")
+        write_mask(root / f"masks/dent/{i}.png", (64, 64))
+    folders = (("normal_dir", "good"), ("anomaly_dir", "bad"), ("mask_dir", "masks"))
+    return {"dataset": "folder", **{key: str(root / name) for key, name in folders}}

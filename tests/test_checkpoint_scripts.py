@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 from prn_model.train import run
-from tests.conftest import expect_usage_error, tiny_train_config
+from tests.conftest import expect_usage_error, mixed_channel_folder, tiny_train_config
 
 SCRIPTS = (
     "ablate_flip_tta",
@@ -143,22 +143,8 @@ def test_sweep_adds_a_bank_to_a_checked_model(tiny_checkpoint, capsys):
 
 def test_scripts_read_a_mixed_grey_and_colour_folder_as_the_model_does(tmp_path, capsys):
     """A folder mixing grey and colour files trains in colour; re-scoring reads it so too."""
-    from tests.test_data import write_image, write_mask
-
-    for i in range(12):
-        mode = "RGB" if i % 3 == 0 else "L"
-        write_image(tmp_path / f"good/{i:02d}.png", (64, 64), 90 + 5 * i, mode)
-    for i in range(4):
-        write_image(tmp_path / f"bad/dent/{i}.png", (64, 64), 200, "L")
-        write_mask(tmp_path / f"masks/dent/{i}.png", (64, 64))
     config = tiny_train_config(
-        dataset="folder",
-        normal_dir=str(tmp_path / "good"),
-        anomaly_dir=str(tmp_path / "bad"),
-        mask_dir=str(tmp_path / "masks"),
-        n_anomalies=2,
-        steps=2,
-        memory_bank_size=16,
+        **mixed_channel_folder(tmp_path), n_anomalies=2, steps=2, memory_bank_size=16
     )
     run(config, tmp_path / "run")
     checkpoint = str(tmp_path / "run" / "checkpoint.pt")

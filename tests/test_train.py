@@ -33,7 +33,7 @@ from prn_model.train import (
 from prn_model.train_cli import main as train_prn_main
 from prn_model.train_cli import parse_args
 from prn_model.zoo import load_model
-from tests.conftest import tiny_train_config
+from tests.conftest import mixed_channel_folder, tiny_train_config
 from tests.test_data import tiled_records  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,18 +185,7 @@ def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatc
 
 
 def test_a_folder_mixing_grey_and_colour_images_trains_in_colour(tmp_path):
-    from tests.test_data import write_image, write_mask
-
-    for i in range(12):
-        mode = "RGB" if i % 3 == 0 else "L"
-        write_image(tmp_path / f"good/{i:02d}.png", (64, 64), 90 + 5 * i, mode)
-    for i in range(4):
-        write_image(tmp_path / f"bad/dent/{i}.png", (64, 64), 200, "L")
-        write_mask(tmp_path / f"masks/dent/{i}.png", (64, 64))
-    folders = {k: str(tmp_path / v) for k, v in (("normal_dir", "good"), ("anomaly_dir", "bad"))}
-    config = tiny_train_config(
-        dataset="folder", mask_dir=str(tmp_path / "masks"), n_anomalies=2, steps=2, **folders
-    )
+    config = tiny_train_config(**mixed_channel_folder(tmp_path), n_anomalies=2, steps=2)
     metrics = run(config, tmp_path / "run")
     assert (
         metrics is not None and load_model(tmp_path / "run" / "checkpoint.pt").input_channels == 3
