@@ -27,7 +27,7 @@ import torch
 from prn_model.backbones import list_backbones
 from prn_model.loss import PRNLoss
 from prn_model.network import PRN, PRNConfig
-from prn_model.train import peak_rss_mib
+from prn_model.peak_memory import peak_rss_mib
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:

@@ -70,6 +70,7 @@ from prn_model.demo_data import build_demo_dataset
 from prn_model.loss import PRNLoss
 from prn_model.metrics import METRIC_NAMES, evaluate
 from prn_model.network import PRN, PRNConfig
+from prn_model.peak_memory import peak_rss_mib
 from prn_model.visualize import heatmap_overlay
 
 __all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run", "run_environment"]
@@ -863,27 +864,6 @@ def run_environment(device: torch.device) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
     }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB.
-
-    On Linux the high-water mark of its own memory (``VmHWM``): ``ru_maxrss`` also holds the
-    parent's peak at the time a spawned process (a benchmark's seed or measurement) started,
-    which the kernel carries through fork and exec. Elsewhere ``ru_maxrss`` (bytes on macOS,
-    KiB otherwise).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -46,7 +46,8 @@ METRICS = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "p
 
 def _one_run(kwargs: dict, out: str, queue) -> None:
     """One seed in a fresh process, so its peak memory is its own (not the earlier seeds')."""
-    from prn_model.train import TrainConfig, peak_rss_mib, run
+    from prn_model.peak_memory import peak_rss_mib
+    from prn_model.train import TrainConfig, run
 
     started = time.perf_counter()
     metrics = run(TrainConfig(**kwargs), out, overwrite=True)  # a re-run replaces the seed's

@@ -137,7 +137,7 @@ def test_train_seconds_add_up_across_resumptions(tmp_path, monkeypatch):
 
 _PEAK_OF_A_CHILD = """
 import multiprocessing, sys
-from prn_model.train import peak_rss_mib
+from prn_model.peak_memory import peak_rss_mib
 
 def report(queue):
     queue.put(peak_rss_mib())
