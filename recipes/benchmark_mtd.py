@@ -175,6 +175,10 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         "",
         "## Each run",
         "",
+        "Wall time: the seed's run from reading its data to its metrics (training, "
+        "evaluation and heatmaps), without starting its process and importing torch. Peak "
+        "memory: that process's resident high-water mark.",
+        "",
         "| seed | " + " | ".join(METRICS) + " | wall time (s) | peak memory (MiB) |",
         "|---|" + "---|" * (len(METRICS) + 2),
     ]

@@ -63,6 +63,7 @@ def test_report_std_is_the_sample_one_and_absent_or_undefined_seeds_are_counted(
     ]
     text = _report(args, runs, "python recipes/benchmark_mtd.py")
     assert "Sample standard deviation (n - 1)" in text
+    assert "Wall time: the seed's run from reading its data to its metrics" in text
     assert "with all normal test images" in text
     assert "| all | 0.8000 ± 0.1000 |" in text  # sample std of 0.9 0.8 0.7 (population: 0.0816)
     assert "| Crack | 0.7000 ± 0.1414 (2 of 3 seeds) |" in text

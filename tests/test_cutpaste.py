@@ -268,6 +268,16 @@ def test_config_round_trip(transform):
         (CutPaste, {"color_jitter": "abc"}, "color_jitter must be a number, got 'abc'"),
         (CutPaste, {"color_jitter": None}, "color_jitter must be a number, got None"),
         (CutPasteScar, {"reference_size": True}, "reference_size.*True"),
+        (
+            CutPasteScar,
+            {"reference_size": 3},
+            r"width=\(2.0, 16.0\) is longer than reference_size=3:",
+        ),
+        (
+            CutPasteScar,
+            {"length": (10, 300)},
+            r"length=\(10.0, 300.0\) is longer than reference_size=256",
+        ),
     ],
 )
 def test_bad_parameters_raise(cls, kwargs: dict, token: str):

@@ -120,8 +120,14 @@ class CutPasteScar(AnomalyTransform):
 
     def __post_init__(self) -> None:
         self.reference_size = check_int("reference_size", self.reference_size, 1)
-        self.width = check_range("width", self.width, 1.0, self.reference_size)
-        self.length = check_range("length", self.length, 1.0, self.reference_size)
+        self.width = check_range("width", self.width, 1.0, float("inf"))
+        self.length = check_range("length", self.length, 1.0, float("inf"))
+        for name, bounds in (("width", self.width), ("length", self.length)):
+            if bounds[1] > self.reference_size:
+                raise ValueError(
+                    f"{name}={bounds!r} is longer than reference_size={self.reference_size}: "
+                    "width and length are pixel ranges on an image of that size"
+                )
         self.rotation = check_range("rotation", self.rotation, -360.0, 360.0)
         self.color_jitter = finite_number("color_jitter", self.color_jitter, 0.0, 0.5)
 

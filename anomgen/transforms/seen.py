@@ -111,7 +111,9 @@ class SeenAnomalyPaste(AnomalyTransform):
     its mask's bounding box is cut out (with the mask) and, image and mask together:
 
     * flipped horizontally and vertically, each with ``flip_probability``;
-    * colour-jittered by factors from ``brightness``, ``contrast``, ``saturation``;
+    * colour-jittered by factors from ``brightness``, ``contrast``, ``saturation`` (as
+      torchvision's ``ColorJitter`` on the cut patch: contrast pivots on the patch's own
+      mean grey level, so a dark defect keeps its place against its nearby ground);
     * rotated by an angle from ``rotation`` (degrees) and scaled by a factor from ``scale``;
     * with ``distortion_probability``, distorted by one kind from ``distortions``:
       "elastic" (peak displacement a fraction ``elastic_alpha`` of the patch's shorter
