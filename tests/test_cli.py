@@ -240,6 +240,9 @@ def test_seed_count_and_size_are_checked_before_any_data_loads(tmp_path, normal_
         ("--seed", str(2**64)): "--seed must be an int in [0, 2**64), got 18446744073709551616",
         ("-n", "0"): "n must be at least 1, got 0",
         ("--size", "4"): "size must be at least 8 px, got 4",
+        # A canvas this large raised a MemoryError traceback while being allocated.
+        ("--size", "100000"): "a grid of 16 samples at size 100000 would be 1200080x400088 px, "
+        "more than Pillow opens (178,956,970 px); lower -n or --size",
     }
     for extra, message in cases.items():
         assert main([*base, *extra, "--out", str(tmp_path / "grid.png")]) == 2
