@@ -56,9 +56,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_config(path: Path) -> AnomalyTransform:
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"config file {str(path)!r} {problem}")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"config file {str(path)!r} is not UTF-8 text (YAML/JSON): {error.reason} at byte "
+            f"{error.start}"
+        ) from None
     except yaml.YAMLError as error:
         # PyYAML's message spans several lines; the CLI promises one.
         problem = getattr(error, "problem", None) or " ".join(str(error).split())

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from anomgen.core import AnomalyTransform, check_int, check_seed, check_size, derive_seed
 from anomgen.functional.geometry import match_channels
-from anomgen.io import check_channels, list_images, read_image, resize
+from anomgen.io import _checked_tensor, check_channels, list_images, read_image, resize
 
 __all__ = ["SynthesisDataset"]
 
@@ -51,6 +51,10 @@ class SynthesisDataset(Dataset):
                     "images must be a folder, image files or (C,H,W) tensors; "
                     f"images[{i}] is a {type(source).__name__}"
                 )
+            if isinstance(source, torch.Tensor):
+                # Checked here: resizing and channel conversion would clamp a 0..255 image
+                # to white, and other shapes would fail deep inside torch.
+                _checked_tensor(source, f"images[{i}]")
         if not isinstance(transform, AnomalyTransform):
             raise ValueError(
                 f"transform must be an anomgen transform, got {type(transform).__name__}"

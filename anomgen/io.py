@@ -308,9 +308,16 @@ def _checked_tensor(tensor: Any, what: str) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ValueError(f"{what} must be a (C,H,W) tensor with C in {{1,3}}, got {shape}")
-    # Written so that NaN fails: every comparison with it is False.
-    if not (tensor.is_floating_point() and bool(tensor.min() >= 0) and bool(tensor.max() <= 1)):
-        raise ValueError(f"{what} must be float with finite values in [0, 1]")
+    if tensor.numel() == 0:
+        raise ValueError(f"{what} is empty: {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what} must be float with finite values in [0, 1], got {tensor.dtype}")
+    low, high = torch.aminmax(tensor.detach())
+    if not (bool(low >= 0) and bool(high <= 1)):  # NaN fails both tests
+        raise ValueError(
+            f"{what} must be float with finite values in [0, 1], "
+            f"got values in [{float(low):.4g}, {float(high):.4g}]"
+        )
     return tensor.float()
 
 

@@ -36,12 +36,31 @@ def _outlined(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
     return out
 
 
-def check_grid(n: int, size: int) -> None:
-    """Validate the sample count and image side (the CLI does so before loading any data)."""
+def _grid_shape(n: int, size: int, columns: int) -> tuple[int, int, int, int]:
+    """Columns, rows and the canvas's width and height for ``n`` cells of side ``size``."""
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    cell_w, cell_h = 3 * size + 2 * GAP, size + CAPTION_HEIGHT
+    return columns, rows, columns * (cell_w + 3 * GAP), rows * (cell_h + GAP)
+
+
+def check_grid(n: int, size: int, columns: int = 4) -> None:
+    """Validate the sample count and image side (the CLI does so before loading any data).
+
+    A grid larger than Pillow opens (twice ``Image.MAX_IMAGE_PIXELS``, its decompression-bomb
+    limit) is refused: it would exhaust memory while being drawn, or be unreadable once written.
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if size < 8:
         raise ValueError(f"size must be at least 8 px, got {size}")
+    width, height = _grid_shape(n, size, columns)[2:]
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > 2 * limit:
+        raise ValueError(
+            f"a grid of {n} samples at size {size} would be {width}x{height} px, more than "
+            f"Pillow opens ({2 * limit:,} px); lower -n or --size"
+        )
 
 
 def render_preview(
@@ -56,13 +75,12 @@ def render_preview(
 
     Images are drawn from ``image_paths`` in a seeded order (cycling when fewer than ``n``).
     """
-    check_grid(n, size)
+    check_grid(n, size, columns)
     check_seed(seed)
     order = torch.randperm(len(image_paths), generator=torch.Generator().manual_seed(seed))
     cell_w, cell_h = 3 * size + 2 * GAP, size + CAPTION_HEIGHT
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    canvas = Image.new("RGB", (columns * (cell_w + 3 * GAP), rows * (cell_h + GAP)), "white")
+    columns, _, width, height = _grid_shape(n, size, columns)
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for k in range(n):
         path = image_paths[int(order[k % len(image_paths)])]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from prn_model.backbones import _RANGE_TOLERANCE
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_TYPE = "good"
 # MTD masks are anti-aliased JPEG-era drawings; 128 keeps the annotated core and drops the halo.
@@ -288,10 +290,12 @@ def read_folder(
 def _parse_size(size: Size | None) -> tuple[int, int] | None:
     if size is None:
         return None
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+    pair = (size, size) if isinstance(size, int | np.integer) else size
+    if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    return height, width
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def _require_file(path: Path) -> Path:
@@ -367,6 +371,15 @@ def resize_image(image: torch.Tensor, size: Size) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or not image.is_floating_point():
         got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else image
         raise ValueError(f"image must be a float (C, H, W) tensor, got {got}")
+    if image.numel() == 0:
+        raise ValueError(f"image is empty: {tuple(image.shape)}")
+    # Resizing clips to [0, 1]: a 0..255 image would come out white, NaN would pass.
+    low, high = torch.aminmax(image.detach())
+    if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # NaN fails too
+        raise ValueError(
+            f"image must hold finite values in [0, 1] (not 0..255, not normalised), "
+            f"got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
     hw = _parse_size(size)
     if hw is None:
         raise ValueError("size must be a positive int or (height, width), got None")

@@ -217,6 +217,21 @@ def test_configs_of_the_wrong_shape_give_one_error_line(tmp_path, normal_dir, ca
         assert message in lines[0], (text, lines[0])
 
 
+def test_config_that_is_not_text_or_not_a_file_is_named(tmp_path, normal_dir, capsys):
+    """A binary file, or a folder, given as --config gets one line naming it."""
+    config, out = tmp_path / "c.yaml", tmp_path / "grid.png"
+    config.write_bytes(b"\xff\xfe\x00 binary")
+    cases = {
+        config: f"{str(config)!r} is not UTF-8 text (YAML/JSON): invalid start byte at byte 0",
+        tmp_path: f"{str(tmp_path)!r} is not a file",
+    }
+    for path, message in cases.items():
+        args = ["preview", "--images", str(normal_dir), "--config", str(path)]
+        assert main([*args, "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"anomgen: error: config file {message}"], lines
+
+
 def test_seed_count_and_size_are_checked_before_any_data_loads(tmp_path, normal_dir, capsys):
     """A missing texture folder would be reported first if the pools loaded first."""
     base = ["preview", "--images", str(normal_dir), "--textures", str(tmp_path / "none")]
@@ -225,6 +240,9 @@ def test_seed_count_and_size_are_checked_before_any_data_loads(tmp_path, normal_
         ("--seed", str(2**64)): "--seed must be an int in [0, 2**64), got 18446744073709551616",
         ("-n", "0"): "n must be at least 1, got 0",
         ("--size", "4"): "size must be at least 8 px, got 4",
+        # A canvas this large raised a MemoryError traceback while being allocated.
+        ("--size", "100000"): "a grid of 16 samples at size 100000 would be 1200080x400088 px, "
+        "more than Pillow opens (178,956,970 px); lower -n or --size",
     }
     for extra, message in cases.items():
         assert main([*base, *extra, "--out", str(tmp_path / "grid.png")]) == 2

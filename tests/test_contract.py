@@ -635,3 +635,20 @@ def test_derive_seed_guarantee_is_as_documented():
     assert derive_seed(0) == 6375474604893067239
     assert derive_seed(0, 1) == 8514611595815388268
     assert derive_seed(3, 1, 2) == 3479375443970694476
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "message"),
+    [
+        # Resizing or converting channels clamps: a 0..255 image would come out white.
+        (torch.rand(3, 8, 8) * 255, {"size": 4}, r"images\[0\] must be float .* got values in"),
+        (torch.rand(3, 8, 8) * 255, {"channels": 1}, r"images\[0\] must be float .* got values"),
+        (torch.rand(1, 3, 8, 8), {}, r"images\[0\] must be a \(C,H,W\) tensor .* \(1, 3, 8, 8\)"),
+        (torch.rand(2, 8, 8), {"channels": 1}, r"images\[0\] must be a \(C,H,W\) .* \(2, 8, 8\)"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), {"size": 4}, r"images\[0\] .* torch.uint8"),
+        (torch.rand(3, 0, 8), {"size": 4}, r"images\[0\] is empty: \(3, 0, 8\)"),
+    ],
+)
+def test_dataset_tensor_sources_are_checked_when_built(source, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SynthesisDataset([source], Normal(), **kwargs)

@@ -113,3 +113,15 @@ def test_a_file_given_as_a_folder_is_named_as_such(tmp_path):
         list_images(file)
     with pytest.raises(FileNotFoundError, match="texture folder .*x.jpg' is not a folder"):
         TexturePool(file)
+
+
+def test_pools_reject_empty_tensors():
+    """An empty tensor has no min or max: named, rather than torch's reduction error."""
+    import torch
+
+    from anomgen import TexturePool
+
+    with pytest.raises(ValueError, match=r"texture 0 is empty: \(3, 0, 0\)"):
+        TexturePool([torch.rand(3, 0, 0)])
+    with pytest.raises(ValueError, match=r"anomaly image 0 is empty: \(1, 0, 4\)"):
+        AnomalyPool([torch.rand(1, 0, 4)], [torch.ones(1, 0, 4)])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -371,11 +373,23 @@ def test_resize_image_enlarges_keeps_the_device_and_rejects_bad_input():
         (torch.rand(20, 30), r"float \(C, H, W\) tensor, got torch.float32 \(20, 30\)"),
         (torch.zeros(1, 4, 4, dtype=torch.uint8), "got torch.uint8"),
         ("image.png", "got image.png"),
+        # Resizing clips: a 0..255 image came out white, and NaN passed through.
+        (torch.rand(3, 20, 30) * 255, r"finite values in \[0, 1\] .* got values in \[0"),
+        (torch.full((1, 4, 4), float("nan")), r"got values in \[nan, nan\]"),
+        (torch.rand(3, 0, 4), r"image is empty: \(3, 0, 4\)"),
     ]:
         with pytest.raises(ValueError, match=message):
             resize_image(bad, 8)
     with pytest.raises(ValueError, match="size must be a positive int"):
         resize_image(image, None)
+    # A size that is neither an int nor a pair is named (it was "'float' object is not
+    # iterable"); numpy integers count as ints, as in anomgen.
+    for size in (8.0, "8", (8, 8, 8), (8, 0), True):
+        with pytest.raises(
+            ValueError, match=f"size must be a positive int .* got {re.escape(repr(size))}"
+        ):
+            resize_image(image, size)
+    assert resize_image(image, np.int64(8)).shape == (3, 8, 8)
 
 
 @pytest.mark.parametrize(
