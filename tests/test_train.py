@@ -18,6 +18,7 @@ from PIL import Image
 from prn_model import train as train_module
 from prn_model import zoo
 from prn_model.data import make_split
+from prn_model.metrics import METRIC_NAMES
 from prn_model.network import PRN
 from prn_model.prototypes import num_prototypes
 from prn_model.train import (
@@ -64,15 +65,23 @@ def test_smoke_run_writes_all_outputs(tmp_path):
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
-    run(tiny_train_config(), tmp_path / "straight")
+    straight = run(tiny_train_config(), tmp_path / "straight")
     run(tiny_train_config(stop_at_step=3), tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
-    run(tiny_train_config(), tmp_path / "resumed", resume=True)
+    resumed = run(tiny_train_config(), tmp_path / "resumed", resume=True)
+    for key in (*METRIC_NAMES, "rank_fingerprints"):
+        assert straight[key] == resumed[key], key
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # The rest of the state, too: the optimiser's moments, the schedule and the RNG.
+    for key, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
