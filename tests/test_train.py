@@ -25,6 +25,8 @@ from prn_model.train import (
     TrainConfig,
     _Dist,
     build_transform,
+    config_split,
+    evaluate_split,
     load_checkpoint,
     memory_bank_split,
     prototype_rows,
@@ -398,6 +400,13 @@ def test_memory_bank_run_fits_saves_and_reloads_the_bank(tmp_path):
     assert bank.weight == 0.25 and model.config.memory_bank_size == 40
     scores, maps = model.predict(torch.rand(2, 1, 64, 64))  # the demo data are grayscale
     assert scores.shape == (2,) and ((maps >= 0) & (maps <= 1)).all()
+    # Re-scored from its checkpoint in the recipe's batches, the model gives the run's metrics
+    # to the last digit (docs/prn.md, "Reproducibility").
+    split = config_split(config, read_records(config, tmp_path / ".cache"))
+    (tmp_path / "again").mkdir()
+    rescored = evaluate_split(model, split, config, torch.device("cpu"), tmp_path / "again")
+    for key in METRIC_NAMES:
+        assert rescored[key] == metrics[key], key
     # the bank is fitted after training, so the last checkpoint holds it: resuming a finished
     # run re-evaluates the same model
     again = run(config, tmp_path / "run", resume=True)
