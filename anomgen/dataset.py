@@ -21,7 +21,8 @@ class SynthesisDataset(Dataset):
 
     Item ``i`` of epoch ``e`` is synthesized with ``derive_seed(seed, e, i)``: it is the
     same whatever the number of DataLoader workers or the batch it lands in, and needs no
-    worker seeding. Call ``set_epoch`` between epochs for fresh samples.
+    worker seeding. Call ``set_epoch`` between epochs for fresh samples (persistent workers
+    see it too).
 
     ``images`` is a folder, a list of image files or a list of (C,H,W) float tensors in
     [0, 1]. ``size`` (an int or ``(H, W)``) resizes them; ``channels`` 1 or 3 converts
@@ -63,11 +64,21 @@ class SynthesisDataset(Dataset):
         self.size = None if size is None else check_size("size", size)
         self.channels = check_channels(channels)
         self.seed = check_seed(seed)
-        self.epoch = 0
+        # In shared memory: DataLoader workers hold copies of the dataset, and persistent ones
+        # (persistent_workers=True) would otherwise keep drawing the epoch they started with.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of items requested by index alone (``set_epoch``)."""
+        return int(self._epoch) % 2**64
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_seed(epoch, "epoch")
+        """Fresh samples for ``epoch``, in this process and in every DataLoader worker."""
+        epoch = check_seed(epoch, "epoch")
+        # int64 holds epochs from 2**63 on as their two's complement, undone by ``epoch``.
+        self._epoch.fill_(epoch - 2**64 if epoch >= 2**63 else epoch)
 
     def __len__(self) -> int:
         return len(self.sources)

@@ -707,6 +707,9 @@ def _run(
         ),
         collate_fn=_collate,
         num_workers=config.num_workers,
+        # Its own generator for the workers' base seed: drawn from the global RNG, it would
+        # advance that once more on every resumption, off the uninterrupted run's state.
+        generator=torch.Generator().manual_seed(config.seed),
     )
     use_amp = device.type == "cuda"
     model.train()

@@ -210,6 +210,32 @@ def test_dataset_is_independent_of_workers(normal_dir):
     assert item["label"].item() in (0.0, 1.0)
 
 
+def test_set_epoch_reaches_persistent_workers(normal_dir):
+    """Persistent DataLoader workers keep their copy of the dataset between epochs: each
+    epoch must still match what a loader without workers gives."""
+    transform = OneOf([Normal(), PerlinTexturePaste()])
+
+    def epochs(workers: int) -> list[torch.Tensor]:
+        dataset = SynthesisDataset(normal_dir, transform, size=32, seed=3)
+        loader = DataLoader(
+            dataset, batch_size=2, num_workers=workers, persistent_workers=workers > 0
+        )
+        images = []
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            images.append(torch.cat([batch["image"] for batch in loader]))
+        return images
+
+    single, persistent = epochs(0), epochs(2)
+    assert not torch.equal(single[0], single[1])
+    for alone, with_workers in zip(single, persistent):
+        assert torch.equal(alone, with_workers)
+    dataset = SynthesisDataset(normal_dir, transform, seed=3)
+    for epoch in (5, 2**64 - 1):  # the whole seed range, beyond int64
+        dataset.set_epoch(epoch)
+        assert dataset.epoch == epoch and type(dataset.epoch) is int
+
+
 def test_dataset_items_are_seeded_by_seed_epoch_and_index(normal_dir):
     """Item i of epoch e is the transform drawn with derive_seed(seed, e, i): set_epoch gives
     fresh samples, and an (index, epoch) key reproduces any epoch's item."""

@@ -18,12 +18,15 @@ from PIL import Image
 from prn_model import train as train_module
 from prn_model import zoo
 from prn_model.data import make_split
+from prn_model.metrics import METRIC_NAMES
 from prn_model.network import PRN
 from prn_model.prototypes import num_prototypes
 from prn_model.train import (
     TrainConfig,
     _Dist,
     build_transform,
+    config_split,
+    evaluate_split,
     load_checkpoint,
     memory_bank_split,
     prototype_rows,
@@ -64,15 +67,23 @@ def test_smoke_run_writes_all_outputs(tmp_path):
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
-    run(tiny_train_config(), tmp_path / "straight")
+    straight = run(tiny_train_config(), tmp_path / "straight")
     run(tiny_train_config(stop_at_step=3), tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
-    run(tiny_train_config(), tmp_path / "resumed", resume=True)
+    resumed = run(tiny_train_config(), tmp_path / "resumed", resume=True)
+    for key in (*METRIC_NAMES, "rank_fingerprints"):
+        assert straight[key] == resumed[key], key
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # The rest of the state, too: the optimiser's moments, the schedule and the RNG.
+    for key, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -389,6 +400,13 @@ def test_memory_bank_run_fits_saves_and_reloads_the_bank(tmp_path):
     assert bank.weight == 0.25 and model.config.memory_bank_size == 40
     scores, maps = model.predict(torch.rand(2, 1, 64, 64))  # the demo data are grayscale
     assert scores.shape == (2,) and ((maps >= 0) & (maps <= 1)).all()
+    # Re-scored from its checkpoint in the recipe's batches, the model gives the run's metrics
+    # to the last digit (docs/prn.md, "Reproducibility").
+    split = config_split(config, read_records(config, tmp_path / ".cache"))
+    (tmp_path / "again").mkdir()
+    rescored = evaluate_split(model, split, config, torch.device("cpu"), tmp_path / "again")
+    for key in METRIC_NAMES:
+        assert rescored[key] == metrics[key], key
     # the bank is fitted after training, so the last checkpoint holds it: resuming a finished
     # run re-evaluates the same model
     again = run(config, tmp_path / "run", resume=True)
