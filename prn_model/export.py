@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
 import math
 import sys
@@ -44,6 +45,12 @@ from torch import Tensor, nn
 
 from prn_model.atomic import staged_file
 from prn_model.network import _RANGE_TOLERANCE, PRN
+
+# The TorchScript-based exporter. Torch 2.5 added the `dynamo` one, which needs the package
+# onnxscript and is the default in recent releases (2.13 here); before 2.5 there was no choice.
+_TORCHSCRIPT_ONNX_EXPORTER = (
+    {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+)
 
 __all__ = [
     "CheckedInput",
@@ -242,7 +249,7 @@ def export_onnx(
                 DeployablePRN(model),
                 (images,),
                 str(staging),
-                dynamo=False,
+                **_TORCHSCRIPT_ONNX_EXPORTER,
                 opset_version=opset,
                 input_names=[_ONNX_INPUT],
                 output_names=list(_ONNX_OUTPUTS),

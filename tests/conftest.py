@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,13 @@ DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # PRN_TEST_SHARED_DATA points the realdata tests elsewhere, e.g. at a missing folder to check
 # that they skip cleanly: PRN_TEST_SHARED_DATA=/nonexistent pytest -m realdata
 SHARED_DATA = Path(os.environ.get("PRN_TEST_SHARED_DATA", DEFAULT_SHARED_DATA))
+
+
+# OpenCV 5 interpolates float32 warps exactly; OpenCV 4 rounds each sampling position to
+# 1/32 px (INTER_BITS = 5), which moves a value by at most 1/32 of the range between
+# neighbours. anomgen's float32 CPU rotations and Perlin canvases go through OpenCV.
+OPENCV_EXACT_WARPS = int(cv2.__version__.split(".")[0]) >= 5
+OPENCV_WARP_ATOL = 1e-5 if OPENCV_EXACT_WARPS else 1 / 32
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -119,6 +127,14 @@ def expect_usage_error(main, argv: list[str], capsys: pytest.CaptureFixture) -> 
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in err
     return errors[0]
+
+
+def without_hub_notice(err: str) -> str:
+    """stderr without torch hub's own 'Downloading: ...' line, which torch 2.3 writes there
+    (recent releases write it to stdout) before a download fails."""
+    return "".join(
+        line for line in err.splitlines(keepends=True) if not line.startswith("Downloading: ")
+    )
 
 
 def mixed_channel_folder(root: Path) -> dict[str, str]:

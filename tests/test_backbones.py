@@ -24,6 +24,7 @@ from prn_model.backbones import (
     list_backbones,
     register_backbone,
 )
+from tests.conftest import without_hub_notice
 
 ALL_BACKBONES = [
     "efficientnet_lite0",
@@ -392,7 +393,7 @@ def test_training_offline_without_resnet_weights_fails_in_one_line(
     monkeypatch.setitem(backbones.WEIGHT_URLS, "resnet18", missing.as_uri())
     argv = ["--backbone", "resnet18", "--steps", "1", "--image-size", "64"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
+    err = without_hub_notice(capsys.readouterr().err)
     assert (
         err.startswith("prn-train: error: ImageNet weights for 'resnet18'") and err.count("\n") == 1
     )

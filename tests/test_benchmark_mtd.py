@@ -25,6 +25,7 @@ from recipes.benchmark_mtd import (
     main,
     parse_args,
 )
+from tests.conftest import without_hub_notice
 from tests.test_data import make_mtd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,7 @@ def test_missing_backbone_weights_are_reported_before_any_seed_trains(
     runs = tmp_path / "runs"
     argv = ["--root", str(tmp_path), "--backbone", "resnet18", "--out", str(runs)]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = without_hub_notice(capsys.readouterr().err)
     assert "ImageNet weights for 'resnet18'" in err and err.count("\n") == 1
     assert not runs.exists()
 
