@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from anomgen.io import IMAGE_SUFFIXES, list_images
+from anomgen.io import IMAGE_SUFFIXES, _non_file_kind, list_images
 from anomgen.preview import save_png_atomic
 from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
@@ -272,7 +272,9 @@ def _list_images(images_dir: Path) -> list[Path]:
             f"image folder {str(images_dir)!r} is a file, not a folder; give its folder "
             f"{str(images_dir.parent)!r}"
         )
-    return list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+    # Broken links and folders named like images are left out here and named on stderr by
+    # _report_unscored, as every other entry that is not scored.
+    return list_images(images_dir, exclude_suffix=MASK_SUFFIX, keep_non_files=True)
 
 
 def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
@@ -281,10 +283,10 @@ def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
     scored = set(files)
     stems = {path.stem: path.name for path in files if path.suffix.lower() != ".png"}
     for path in sorted(folder.iterdir()):
-        if path in scored or path.is_dir():
+        if path in scored or (path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES):
             continue
         if not path.is_file():
-            reason = "not a readable file (a broken link?)"
+            reason = f"{_non_file_kind(path)}, not an image file"
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             reason = f"not an image type this reads ({', '.join(IMAGE_SUFFIXES)})"
         elif path.stem.endswith(MASK_SUFFIX):

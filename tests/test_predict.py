@@ -262,3 +262,19 @@ def test_resume_rescores_a_cut_off_row_and_starts_afresh_without_a_partial_run(
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--resume", "--overwrite"])
     assert exit_info.value.code == 2
+
+
+def test_a_folder_or_broken_link_named_like_an_image_is_named_as_not_scored(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    (image_dir / "broken.png").unlink()
+    (image_dir / "folder.png").mkdir()
+    (image_dir / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    (image_dir / "plain_subfolder").mkdir()
+    out = tmp_path / "out"
+    assert main([str(tiny_checkpoint), str(image_dir), "--out", str(out), "--no-heatmaps"]) == 0
+    err = capsys.readouterr().err
+    assert "not scored: folder.png: a folder, not an image file" in err
+    assert "not scored: link.jpg: a broken link, not an image file" in err
+    assert "plain_subfolder" not in err
+    assert [row["file"] for row in _read_csv(out / "scores.csv")] == ["a.png", "b.png", "c.jpg"]
