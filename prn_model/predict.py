@@ -35,7 +35,7 @@ from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
 from prn_model.visualize import heatmap_overlay
-from prn_model.zoo import _checkpoint_file, load_model
+from prn_model.zoo import _checked_device, _checkpoint_file, load_model
 
 __all__ = ["main", "predict_folder"]
 
@@ -334,20 +334,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"invalid --device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} requested but CUDA is not available")
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        device = _device(args.device)
+        device = _checked_device(args.device, "--device")
         _checkpoint_file(args.checkpoint)  # both paths checked before the slow loading
         _list_images(args.images_dir)
         model = load_model(args.checkpoint, device=device)

@@ -278,3 +278,13 @@ def test_a_folder_or_broken_link_named_like_an_image_is_named_as_not_scored(
     assert "not scored: link.jpg: a broken link, not an image file" in err
     assert "plain_subfolder" not in err
     assert [row["file"] for row in _read_csv(out / "scores.csv")] == ["a.png", "b.png", "c.jpg"]
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_loading(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(image_dir), "--out", str(out), "--device", "gpu9"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("prn-predict: error: invalid --device 'gpu9'")
+    assert not out.exists()
