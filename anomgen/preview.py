@@ -107,13 +107,36 @@ def _umask() -> int:
     return mask
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` can be neither used nor made (it, or one of its parents, is a file or
+    a broken link), or None: callers name that rather than report a missing folder or
+    ``[Errno 17] File exists``."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists() or candidate.is_symlink():
+            kind = "a file" if candidate.exists() else "a broken link"
+            if candidate == folder:
+                return f"is {kind}, not a folder"
+            return f"cannot exist: {str(candidate)!r} is {kind}"
+    return None
+
+
+def check_output_folder(folder: Path, what: str = "output folder") -> None:
+    """Raise unless ``folder`` exists and is a folder, saying which of the two it is not."""
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise NotADirectoryError(f"{what} {str(folder)!r} {problem}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {str(folder)!r} does not exist")
+
+
 def check_png_path(out: str | Path) -> Path:
     """``out`` as a Path if a PNG can be written there (checked before any work is done)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    check_output_folder(out.parent)
     if out.is_dir():
         raise IsADirectoryError(f"output {str(out)!r} is a folder")
     return out

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from anomgen.io import IMAGE_SUFFIXES, _non_file_kind, list_images
-from anomgen.preview import save_png_atomic
+from anomgen.preview import folder_problem, save_png_atomic
 from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
@@ -79,6 +79,7 @@ def predict_folder(
         raise ValueError(f"threshold must be in [0, 1] (scores are probabilities), got {threshold}")
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other")
+    _check_out(Path(out))
     files = _list_images(Path(images_dir))
     _report_unscored(Path(images_dir), files)
     # Files are read with the channels the model was trained on (colour turned to luma for a
@@ -277,6 +278,14 @@ def _list_images(images_dir: Path) -> list[Path]:
     return list_images(images_dir, exclude_suffix=MASK_SUFFIX, keep_non_files=True)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file (or has one in its path) before any image is scored,
+    rather than failing with ``[Errno 17] File exists`` once the model has loaded."""
+    problem = folder_problem(out)
+    if problem is not None:
+        raise ValueError(f"output folder {str(out)!r} {problem}")
+
+
 def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
     """Name every file of ``folder`` that is not scored, with the reason: nothing is skipped
     without a word."""
@@ -340,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = _checked_device(args.device, "--device")
         _checkpoint_file(args.checkpoint)  # both paths checked before the slow loading
         _list_images(args.images_dir)
+        _check_out(args.out)
         model = load_model(args.checkpoint, device=device)
         rows = predict_folder(
             model,

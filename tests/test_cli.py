@@ -253,3 +253,18 @@ def test_a_file_given_as_the_image_folder_is_named(tmp_path, normal_dir, capsys)
     image = next(normal_dir.iterdir())
     assert main(["preview", "--images", str(image), "--out", str(tmp_path / "grid.png")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_preview_names_a_file_in_place_of_the_output_folder(normal_dir, tmp_path, capsys):
+    """Not "output folder ... does not exist": the folder, or one above it, is a file."""
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    cases = {
+        file / "grid.png": f"output folder {str(file)!r} is a file, not a folder",
+        file / "sub" / "grid.png": f"output folder {str(file / 'sub')!r} cannot exist: "
+        f"{str(file)!r} is a file",
+    }
+    for out, message in cases.items():
+        assert main(["preview", "--images", str(normal_dir), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"anomgen: error: {message}\n"
+    assert file.read_text() == "keep me"
