@@ -35,20 +35,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 128
 
 
-def list_images(directory: str | Path, exclude_suffix: str | None = None) -> list[Path]:
+def list_images(
+    directory: str | Path, exclude_suffix: str | None = None, *, keep_non_files: bool = False
+) -> list[Path]:
     """Image files in ``directory`` (not recursive), sorted; errors when there are none.
 
     A ``.png`` sharing its name with another image beside it is that image's mask (the
     raw MTD layout keeps ``name.jpg`` and its mask ``name.png`` together) and is skipped.
+
+    An entry with an image suffix that is not a readable file (a broken link, a folder
+    named ``x.png``) is an error naming it, as in ``TexturePool``: dropping it silently
+    would train or preview on fewer images than the folder shows. ``keep_non_files=True``
+    leaves such entries out instead, for a caller that reports them itself (prn-predict).
     """
     directory = _folder(directory, "image folder")
-    candidates = [
-        p
-        for p in directory.iterdir()
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not (exclude_suffix and p.stem.endswith(exclude_suffix))
-    ]
+    candidates = []
+    for p in directory.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES or (
+            exclude_suffix and p.stem.endswith(exclude_suffix)
+        ):
+            continue
+        if p.is_file():
+            candidates.append(p)
+        elif not keep_non_files:
+            raise ValueError(
+                f"image folder entry {str(p)!r} is {_non_file_kind(p)}, not an image file"
+            )
     non_png_stems = {p.stem for p in candidates if p.suffix.lower() != ".png"}
     files = sorted(
         p for p in candidates if not (p.suffix.lower() == ".png" and p.stem in non_png_stems)
@@ -58,6 +70,15 @@ def list_images(directory: str | Path, exclude_suffix: str | None = None) -> lis
             f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(directory)!r}"
         )
     return files
+
+
+def _non_file_kind(path: Path) -> str:
+    """What ``path``, which is not a regular file, is instead: for error messages."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_symlink() and not path.exists():
+        return "a broken link"
+    return "not a regular file"
 
 
 def _folder(path: str | Path, what: str) -> Path:

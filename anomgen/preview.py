@@ -50,10 +50,16 @@ def check_grid(n: int, size: int, columns: int = 4) -> None:
     A grid larger than Pillow opens (twice ``Image.MAX_IMAGE_PIXELS``, its decompression-bomb
     limit) is refused: it would exhaust memory while being drawn, or be unreadable once written.
     """
+    for name, value in (("n", n), ("size", size), ("columns", columns)):
+        # A float or bool would pass the range checks and fail later in range() or Pillow.
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if size < 8:
         raise ValueError(f"size must be at least 8 px, got {size}")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
     width, height = _grid_shape(n, size, columns)[2:]
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > 2 * limit:
@@ -61,6 +67,22 @@ def check_grid(n: int, size: int, columns: int = 4) -> None:
             f"a grid of {n} samples at size {size} would be {width}x{height} px, more than "
             f"Pillow opens ({2 * limit:,} px); lower -n or --size"
         )
+
+
+def _check_paths(image_paths: Sequence[str | Path]) -> list[Path]:
+    """``image_paths`` as a non-empty list of Paths: one path (whose characters a str would
+    give as "images") or an empty list is an error, not a failure deep in the drawing."""
+    if isinstance(image_paths, str | Path) or not isinstance(image_paths, Sequence):
+        raise ValueError(
+            f"image_paths must be a list of image files (list_images gives one), got "
+            f"{image_paths!r:.80}"
+        )
+    if not image_paths:
+        raise ValueError("image_paths is empty: a preview needs at least one image file")
+    for i, path in enumerate(image_paths):
+        if not isinstance(path, str | Path):
+            raise ValueError(f"image_paths[{i}] must be a str or Path, got {path!r:.80}")
+    return [Path(path) for path in image_paths]
 
 
 def render_preview(
@@ -73,9 +95,14 @@ def render_preview(
 ) -> Image.Image:
     """A grid of ``n`` samples; each cell shows source | synthesized | mask outline + caption.
 
-    Images are drawn from ``image_paths`` in a seeded order (cycling when fewer than ``n``).
+    Images are drawn from ``image_paths`` (image files, e.g. from ``list_images``) in a
+    seeded order, cycling when fewer than ``n``; an empty list is an error.
     """
+    image_paths = _check_paths(image_paths)
+    if not isinstance(transform, AnomalyTransform):
+        raise ValueError(f"transform must be an anomgen transform, got {type(transform).__name__}")
     check_grid(n, size, columns)
+    n, size, columns = int(n), int(size), int(columns)
     check_seed(seed)
     order = torch.randperm(len(image_paths), generator=torch.Generator().manual_seed(seed))
     cell_w, cell_h = 3 * size + 2 * GAP, size + CAPTION_HEIGHT
@@ -107,13 +134,36 @@ def _umask() -> int:
     return mask
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` can be neither used nor made (it, or one of its parents, is a file or
+    a broken link), or None: callers name that rather than report a missing folder or
+    ``[Errno 17] File exists``."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists() or candidate.is_symlink():
+            kind = "a file" if candidate.exists() else "a broken link"
+            if candidate == folder:
+                return f"is {kind}, not a folder"
+            return f"cannot exist: {str(candidate)!r} is {kind}"
+    return None
+
+
+def check_output_folder(folder: Path, what: str = "output folder") -> None:
+    """Raise unless ``folder`` exists and is a folder, saying which of the two it is not."""
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise NotADirectoryError(f"{what} {str(folder)!r} {problem}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {str(folder)!r} does not exist")
+
+
 def check_png_path(out: str | Path) -> Path:
     """``out`` as a Path if a PNG can be written there (checked before any work is done)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    check_output_folder(out.parent)
     if out.is_dir():
         raise IsADirectoryError(f"output {str(out)!r} is a folder")
     return out

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anomgen.preview import check_output_folder
 from prn_model.atomic import staged_file
 from prn_model.network import _RANGE_TOLERANCE, PRN
 
@@ -273,9 +274,10 @@ def _require(module: str, purpose: str) -> Any:
 
 
 def _output_path(path: str | Path) -> Path:
+    """``path`` as a Path if an export can be written there; a file in place of its folder is
+    named as such, not as a missing folder."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+    check_output_folder(path.parent)
     if path.is_dir():
         raise ValueError(f"output {str(path)!r} is a folder; give a file name")
     return path
@@ -418,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     from prn_model.zoo import load_model
 
     try:
+        out = _output_path(args.out)  # checked before the slow loading
         model = load_model(args.checkpoint)
         channels = args.channels or int(load_checkpoint(args.checkpoint).get("channels", 3))
         example = (_TRACE_BATCH, channels, model.config.image_size, model.config.image_size)
-        out = _output_path(args.out)
         # Exported and verified beside OUT, moved into place only if it passes.
         with staged_file(out) as staging:
             if args.format == "onnx":

@@ -29,13 +29,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from anomgen.io import IMAGE_SUFFIXES, list_images
-from anomgen.preview import save_png_atomic
+from anomgen.io import IMAGE_SUFFIXES, _non_file_kind, list_images
+from anomgen.preview import folder_problem, save_png_atomic
 from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
 from prn_model.network import PRN
 from prn_model.visualize import heatmap_overlay
-from prn_model.zoo import _checkpoint_file, load_model
+from prn_model.zoo import _checked_device, _checkpoint_file, load_model
 
 __all__ = ["main", "predict_folder"]
 
@@ -79,6 +79,7 @@ def predict_folder(
         raise ValueError(f"threshold must be in [0, 1] (scores are probabilities), got {threshold}")
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other")
+    _check_out(Path(out))
     files = _list_images(Path(images_dir))
     _report_unscored(Path(images_dir), files)
     # Files are read with the channels the model was trained on (colour turned to luma for a
@@ -272,7 +273,17 @@ def _list_images(images_dir: Path) -> list[Path]:
             f"image folder {str(images_dir)!r} is a file, not a folder; give its folder "
             f"{str(images_dir.parent)!r}"
         )
-    return list_images(images_dir, exclude_suffix=MASK_SUFFIX)
+    # Broken links and folders named like images are left out here and named on stderr by
+    # _report_unscored, as every other entry that is not scored.
+    return list_images(images_dir, exclude_suffix=MASK_SUFFIX, keep_non_files=True)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file (or has one in its path) before any image is scored,
+    rather than failing with ``[Errno 17] File exists`` once the model has loaded."""
+    problem = folder_problem(out)
+    if problem is not None:
+        raise ValueError(f"output folder {str(out)!r} {problem}")
 
 
 def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
@@ -281,10 +292,10 @@ def _report_unscored(folder: Path, files: Sequence[Path]) -> None:
     scored = set(files)
     stems = {path.stem: path.name for path in files if path.suffix.lower() != ".png"}
     for path in sorted(folder.iterdir()):
-        if path in scored or path.is_dir():
+        if path in scored or (path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES):
             continue
         if not path.is_file():
-            reason = "not a readable file (a broken link?)"
+            reason = f"{_non_file_kind(path)}, not an image file"
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             reason = f"not an image type this reads ({', '.join(IMAGE_SUFFIXES)})"
         elif path.stem.endswith(MASK_SUFFIX):
@@ -332,22 +343,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"invalid --device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} requested but CUDA is not available")
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        device = _device(args.device)
+        device = _checked_device(args.device, "--device")
         _checkpoint_file(args.checkpoint)  # both paths checked before the slow loading
         _list_images(args.images_dir)
+        _check_out(args.out)
         model = load_model(args.checkpoint, device=device)
         rows = predict_folder(
             model,

@@ -253,3 +253,43 @@ def test_a_file_given_as_the_image_folder_is_named(tmp_path, normal_dir, capsys)
     image = next(normal_dir.iterdir())
     assert main(["preview", "--images", str(image), "--out", str(tmp_path / "grid.png")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_preview_names_a_file_in_place_of_the_output_folder(normal_dir, tmp_path, capsys):
+    """Not "output folder ... does not exist": the folder, or one above it, is a file."""
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    cases = {
+        file / "grid.png": f"output folder {str(file)!r} is a file, not a folder",
+        file / "sub" / "grid.png": f"output folder {str(file / 'sub')!r} cannot exist: "
+        f"{str(file)!r} is a file",
+    }
+    for out, message in cases.items():
+        assert main(["preview", "--images", str(normal_dir), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"anomgen: error: {message}\n"
+    assert file.read_text() == "keep me"
+
+
+def test_render_preview_names_bad_arguments(normal_dir):
+    """The library call behind ``anomgen preview`` (in anomgen.preview's __all__): no
+    ZeroDivisionError for an empty list, no TypeError from range() for a float ``n``."""
+    from anomgen import Normal, list_images
+    from anomgen.preview import render_preview
+
+    images = list_images(normal_dir)
+    cases = {
+        "image_paths is empty": ([], {}),
+        "image_paths must be a list of image files": (str(images[0]), {}),
+        r"image_paths\[1\] must be a str or Path, got 3": ([images[0], 3], {}),
+        "n must be an integer, got 2.5": (images, {"n": 2.5}),
+        "size must be an integer, got 32.0": (images, {"size": 32.0}),
+        "columns must be at least 1, got 0": (images, {"columns": 0}),
+        "n must be an integer, got True": (images, {"n": True}),
+    }
+    for message, (paths, kwargs) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            render_preview(paths, Normal(), **{"size": 32, **kwargs})
+    with pytest.raises(ValueError, match="transform must be an anomgen transform"):
+        render_preview(images, lambda image: image)
+    grid = render_preview([str(p) for p in images], Normal(), n=np.int64(2), size=32)
+    assert grid.size == render_preview(images, Normal(), n=2, size=32).size

@@ -251,3 +251,19 @@ def test_bad_parameters_raise(kwargs: dict, token: str):
 def test_bad_replay_parameters_raise(params: dict, token: str):
     with pytest.raises(ValueError, match=token):
         LocalCorruption().replay(random_image(3, 20, 20), params)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tensor_that_requires_grad_is_accepted_like_by_the_other_transforms(kind: str):
+    """Noise summed into an out= buffer made autograd refuse the image; now every kind gives
+    the plain tensor's result (blur within float error: OpenCV serves only the plain one)
+    and gradients flow back to the input."""
+    image = random_image(3, 40, 48, seed=5)
+    transform = LocalCorruption(kind=kind, mask_shape="ellipse")
+    tracked = image.clone().requires_grad_(True)
+    result = transform(tracked, seed=7)
+    expected = transform(image, seed=7)
+    torch.testing.assert_close(result.image.detach(), expected.image, rtol=0, atol=1e-6)
+    assert torch.equal(result.mask, expected.mask)
+    result.image.sum().backward()
+    assert tracked.grad is not None and tracked.grad.shape == image.shape

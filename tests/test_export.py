@@ -257,3 +257,26 @@ def test_command_line_keeps_the_old_file_when_the_export_is_rejected(
     folder.mkdir()
     assert main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(folder)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_command_line_names_a_file_in_place_of_the_out_folder_before_loading(
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Not "output folder ... does not exist": the folder is a file, said before any loading."""
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("prn_model.zoo.load_model", no_loading)
+    out = file / "prn.pt"
+    assert main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error == f"prn_model.export: error: output folder {str(file)!r} is a file, not a folder\n"
+    )
+    assert file.read_text() == "keep me"

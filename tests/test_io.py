@@ -125,3 +125,31 @@ def test_pools_reject_empty_tensors():
         TexturePool([torch.rand(3, 0, 0)])
     with pytest.raises(ValueError, match=r"anomaly image 0 is empty: \(1, 0, 4\)"):
         AnomalyPool([torch.rand(1, 0, 4)], [torch.ones(1, 0, 4)])
+
+
+@pytest.mark.parametrize("entry", ["folder", "broken link"])
+def test_an_image_named_entry_that_is_not_a_file_is_named_not_dropped(normal_dir, entry):
+    """A folder ``x.png`` or a broken link ``x.png`` is an error naming it, as in TexturePool,
+    for every entry point handed a folder of images; prn-predict lists it as not scored."""
+    from anomgen import SynthesisDataset, TexturePool, list_images
+    from anomgen.cli import main
+    from anomgen.transforms import Normal
+
+    odd = normal_dir / "x.png"
+    if entry == "folder":
+        odd.mkdir()
+    else:
+        odd.symlink_to(normal_dir / "gone.png")
+    kind = "a folder" if entry == "folder" else "a broken link"
+    message = f"image folder entry '{odd}' is {kind}, not an image file"
+    with pytest.raises(ValueError, match=message):
+        list_images(normal_dir)
+    with pytest.raises(ValueError, match=message):
+        SynthesisDataset(normal_dir, Normal())
+    with pytest.raises(ValueError, match="x.png"):
+        TexturePool(normal_dir)
+    assert odd not in list_images(normal_dir, keep_non_files=True)
+    assert len(list_images(normal_dir, keep_non_files=True)) == 4
+    out = normal_dir.parent / "grid.png"
+    assert main(["preview", "--images", str(normal_dir), "--out", str(out)]) == 2
+    assert not out.exists()

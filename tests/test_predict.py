@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,62 @@ def test_resume_rescores_a_cut_off_row_and_starts_afresh_without_a_partial_run(
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--resume", "--overwrite"])
     assert exit_info.value.code == 2
+
+
+def test_a_folder_or_broken_link_named_like_an_image_is_named_as_not_scored(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    (image_dir / "broken.png").unlink()
+    (image_dir / "folder.png").mkdir()
+    (image_dir / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    (image_dir / "plain_subfolder").mkdir()
+    out = tmp_path / "out"
+    assert main([str(tiny_checkpoint), str(image_dir), "--out", str(out), "--no-heatmaps"]) == 0
+    err = capsys.readouterr().err
+    assert "not scored: folder.png: a folder, not an image file" in err
+    assert "not scored: link.jpg: a broken link, not an image file" in err
+    assert "plain_subfolder" not in err
+    assert [row["file"] for row in _read_csv(out / "scores.csv")] == ["a.png", "b.png", "c.jpg"]
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_loading(
+    tiny_checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(image_dir), "--out", str(out), "--device", "gpu9"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("prn-predict: error: invalid --device 'gpu9'")
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_one_line_before_the_model_loads(
+    tiny_checkpoint: Path,
+    image_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Not ``[Errno 17] File exists`` once the model has loaded: the path, and what it is."""
+    from prn_model.predict import predict_folder
+
+    model = load_model(tiny_checkpoint)
+    file = tmp_path / "results.csv"
+    file.write_text("keep me")
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "gone")
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("prn_model.predict.load_model", no_loading)
+    cases = {
+        file: f"output folder {str(file)!r} is a file, not a folder",
+        file / "sub": f"output folder {str(file / 'sub')!r} cannot exist: {str(file)!r} is a file",
+        link: f"output folder {str(link)!r} is a broken link, not a folder",
+    }
+    for out, message in cases.items():
+        assert main([str(tiny_checkpoint), str(image_dir), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"prn-predict: error: {message}\n"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            predict_folder(model, image_dir, out)
+    assert file.read_text() == "keep me"

@@ -256,3 +256,27 @@ def test_grayscale_model_refuses_colour_images(tiny_checkpoint: Path):
         model.predict(torch.rand(1, 3, 64, 64))
     scores, _ = model.predict(torch.rand(2, 1, 64, 64))
     assert scores.shape == (2,)
+
+
+def test_load_model_names_a_device_this_machine_lacks(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Not torch's RuntimeError or AssertionError from inside ``.to()``: a ValueError naming
+    the device, raised before the checkpoint is read."""
+    cases = {
+        "gpu9": "invalid device 'gpu9'",
+        "meta": "device must be cpu, cuda, cuda:N or mps, got 'meta'",
+        3: "device must be a str or torch.device, e.g. 'cpu', got 3",
+    }
+    for device, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            zoo.load_model(tiny_checkpoint, device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", torch.device("cuda", 0)):
+        with pytest.raises(ValueError, match="device 'cuda.*' requested but CUDA is not available"):
+            zoo.load_model(tiny_checkpoint, device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"'cuda:3' requested but this machine has 1 CUDA"):
+        zoo.load_model(tiny_checkpoint, device="cuda:3")
+    assert zoo.load_model(tiny_checkpoint, device=torch.device("cpu")).device.type == "cpu"

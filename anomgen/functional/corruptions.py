@@ -45,7 +45,10 @@ def gaussian_noise(img: Tensor, sigma: float, seed: int) -> Tensor:
     generator = torch.Generator(device=img.device)
     generator.manual_seed(seed)
     noise = torch.randn(img.shape, generator=generator, dtype=img.dtype, device=img.device)
-    return torch.add(img, noise, alpha=sigma, out=noise).clamp_(0.0, 1.0)
+    # Summed into the noise buffer, saving an image-sized allocation, unless autograd tracks
+    # ``img``: it refuses out= arguments, so the sum (bit-identical) gets a fresh tensor.
+    out = None if img.requires_grad else noise
+    return torch.add(img, noise, alpha=sigma, out=out).clamp_(0.0, 1.0)
 
 
 def _gaussian_taps(sigma: float) -> np.ndarray:

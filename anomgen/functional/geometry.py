@@ -45,7 +45,7 @@ def check_image(image: Any, name: str = "image") -> None:
         raise ValueError(f"{name} must be float in [0, 1], got dtype {image.dtype}")
     if image.numel() == 0:
         raise ValueError(f"{name} is empty: {tuple(image.shape)}")
-    low, high = torch.aminmax(image)
+    low, high = torch.aminmax(image.detach())  # float() of a grad-tracking tensor warns
     if not (0 <= float(low) and float(high) <= 1):  # NaN fails both comparisons
         raise ValueError(f"{name} must hold finite values in [0, 1]")
 
