@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -73,7 +74,14 @@ from prn_model.network import PRN, PRNConfig
 from prn_model.peak_memory import peak_rss_mib
 from prn_model.visualize import heatmap_overlay
 
-__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run", "run_environment"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "TrainConfig",
+    "checkout_commit",
+    "load_checkpoint",
+    "run",
+    "run_environment",
+]
 
 CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
@@ -109,6 +117,9 @@ _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 _DEPTHWISE_STRIDES_WARNING = (
     r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]"
 )
+# The folder holding prn_model/ and anomgen/: a git checkout when installed editable.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names
 
 
 @dataclass
@@ -853,20 +864,65 @@ def run_environment(device: torch.device) -> dict[str, Any]:
     """What a bit-exact re-run must share besides the seed (docs/prn.md, "Reproducibility").
 
     PyTorch's CPU kernels round differently per instruction set and thread count, so the
-    package versions alone do not pin a run's last digits.
+    package versions alone do not pin a run's last digits. Pillow decodes every image and
+    scikit-image provides the demo data's texture. ``git_commit`` is the code's commit when
+    it runs from a git checkout (an editable install), and absent otherwise.
     """
     import platform
 
-    return {
+    import PIL
+    import skimage
+
+    environment = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "scikit_image": skimage.__version__,
         "anomgen": anomgen.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
     }
+    commit = checkout_commit(_CHECKOUT)
+    if commit is not None:
+        environment["git_commit"] = commit
+    return environment
+
+
+def checkout_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder``, read from its ``.git`` (HEAD, then the loose or
+    packed ref it names; a worktree's ``.git`` file is followed), or None when ``folder`` is
+    no git checkout or its files say nothing readable. git itself is not run (it may be
+    missing, or refuse a repository another user owns); uncommitted changes are not seen."""
+    try:
+        git = folder / ".git"
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            text = git.read_text().strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git = folder / text.removeprefix("gitdir:").strip()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):  # a detached HEAD holds the commit itself
+            return head if _COMMIT.fullmatch(head) else None
+        ref = head.removeprefix("ref:").strip()
+        # A worktree keeps its HEAD in its own folder and the refs in the common one.
+        common = git / "commondir"
+        folders = [git, git / common.read_text().strip()] if common.is_file() else [git]
+        for place in folders:
+            if (place / ref).is_file():
+                commit = (place / ref).read_text().strip()
+                return commit if _COMMIT.fullmatch(commit) else None
+        for place in folders:
+            if (place / "packed-refs").is_file():
+                for line in (place / "packed-refs").read_text().splitlines():
+                    fields = line.split()
+                    if len(fields) == 2 and fields[1] == ref and _COMMIT.fullmatch(fields[0]):
+                        return fields[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None  # an unborn branch: no commit yet
 
 
 # ----------------------------------------------------------------------------- evaluation

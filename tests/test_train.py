@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
+import skimage
 import torch
 from PIL import Image
 
@@ -25,6 +27,7 @@ from prn_model.train import (
     TrainConfig,
     _Dist,
     build_transform,
+    checkout_commit,
     config_split,
     evaluate_split,
     load_checkpoint,
@@ -59,11 +62,55 @@ def test_smoke_run_writes_all_outputs(tmp_path):
     assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
     assert environment["cpu_threads"] == torch.get_num_threads()
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["pillow"] == PIL.__version__  # decodes every image
+    assert environment["scikit_image"] == skimage.__version__  # the demo data's texture
+    assert environment.get("git_commit") == checkout_commit(ROOT)  # absent outside a checkout
     assert list((out / "heatmaps").glob("*.png"))
     manifest = json.loads((out / "manifest.json").read_text())
     few_shot = {item["image"] for item in manifest["few_shot"]}
     test = {item["image"] for item in manifest["test"]}
     assert len(few_shot) == 3 and not few_shot & test  # no leak
+
+
+def test_checkout_commit_reads_head_loose_and_packed_refs_and_worktrees(tmp_path):
+    """The environment's git_commit comes from .git's files, without running git."""
+    commit, other = "a" * 40, "b" * 40
+    repo = tmp_path / "repo"
+    (repo / ".git/refs/heads").mkdir(parents=True)
+    assert checkout_commit(tmp_path / "nothing") is None  # no checkout: absent
+    (repo / ".git/HEAD").write_text("ref: refs/heads/main\n")
+    assert checkout_commit(repo) is None  # an unborn branch
+    (repo / ".git/packed-refs").write_text(f"# pack-refs with: peeled\n{other} refs/heads/main\n")
+    assert checkout_commit(repo) == other
+    (repo / ".git/refs/heads/main").write_text(commit + "\n")  # a loose ref wins
+    assert checkout_commit(repo) == commit
+    (repo / ".git/HEAD").write_text(other + "\n")  # detached
+    assert checkout_commit(repo) == other
+    (repo / ".git/HEAD").write_text("garbage\n")
+    assert checkout_commit(repo) is None
+    # A worktree: .git is a file naming its folder, whose commondir holds the refs.
+    (repo / ".git/HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git/worktrees/tree").mkdir(parents=True)
+    (repo / ".git/worktrees/tree/HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git/worktrees/tree/commondir").write_text("../..\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {repo / '.git/worktrees/tree'}\n")
+    assert checkout_commit(tree) == commit
+    (tree / ".git").write_bytes(b"\xff\xfe")  # unreadable: absent, never an error
+    assert checkout_commit(tree) is None
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not run from a git checkout")
+def test_checkout_commit_is_the_commit_git_names():
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git cannot read this checkout")
+    assert checkout_commit(ROOT) == head
+    assert train_module.run_environment(torch.device("cpu"))["git_commit"] == head
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
