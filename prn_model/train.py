@@ -3,10 +3,11 @@
 One ``TrainConfig`` describes a run. ``run(config, out_dir)`` reads the dataset, draws the
 few-shot split, fits the prototypes, trains on a fixed step schedule (no model selection
 on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md``,
-``manifest.json`` and heatmap overlays. Checkpoints are written atomically and hold
-everything needed to resume on the CPU as if uninterrupted (bit-exact where runs are: with one
-thread; docs/prn.md, "Reproducibility"). Under ``torchrun`` the run is
-data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch sharded across ranks.
+``manifest.json`` and heatmap overlays; ``config.json`` is written as the run starts.
+Checkpoints are written atomically and hold everything needed to resume on the CPU as if
+uninterrupted (bit-exact where runs are: with one thread; docs/prn.md, "Reproducibility").
+Under ``torchrun`` the run is data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch
+sharded across ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -579,17 +581,31 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 
 
 # What a run writes into its folder; ``overwrite`` removes these before starting afresh.
-RUN_OUTPUTS = ("checkpoint.pt", "metrics.json", "summary.md", "manifest.json", "recipe.json")
+RUN_OUTPUTS = (
+    "checkpoint.pt",
+    "metrics.json",
+    "summary.md",
+    "manifest.json",
+    "recipe.json",
+    "config.json",
+    "command.txt",
+)
 
 
 def run(
-    config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any] | None:
     """Train and evaluate; returns the metrics on rank 0 (None on other ranks).
 
     A folder that already holds a run (a checkpoint or metrics) is refused unless ``resume``
     continues its checkpoint or ``overwrite`` replaces it (its outputs are removed first),
     so a finished run is never destroyed or mixed with another one's files by accident.
+    ``config.json`` holds ``config`` from the start, so the options survive a lost
+    checkpoint; ``command`` (the command line, from ``prn-train``) goes to ``command.txt``.
     """
     out = Path(out_dir)
     _check_out_dir(out, resume, overwrite)
@@ -600,7 +616,7 @@ def run(
             raise ValueError(
                 f"batch_size {config.batch_size} must be divisible by the {dist_.world} processes"
             )
-        return _run(config, out, resume, overwrite, device, dist_)
+        return _run(config, out, resume, overwrite, command, device, dist_)
     finally:
         if dist_.world > 1:
             dist.destroy_process_group()
@@ -618,6 +634,26 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _record_run(
+    out: Path, config: TrainConfig, command: str | None, resuming: bool, world: int
+) -> None:
+    """Write ``config.json`` and add ``command`` to ``command.txt`` as the run starts.
+
+    A resumption has passed ``_check_same_run``, so its config differs at most in the
+    resumable keys, and rewriting the file keeps the latest of those; its command line is
+    added below the earlier ones. A fresh run's ``command.txt`` holds its own line only.
+    """
+    write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2))
+    if command is None:
+        return
+    line = f"cd {shlex.quote(os.getcwd())} && {command}"
+    if world > 1:
+        line += f"  # under torchrun, {world} processes"
+    path = out / "command.txt"
+    earlier = path.read_text() if resuming and path.is_file() else ""
+    write_text_atomic(path, earlier + line + "\n")
+
+
 def _clear_run(out: Path) -> None:
     """Remove a previous run's outputs, so none of them is mistaken for this run's."""
     for name in RUN_OUTPUTS:
@@ -630,6 +666,7 @@ def _run(
     out: Path,
     resume: bool,
     overwrite: bool,
+    command: str | None,
     device: torch.device,
     dist_: _Dist,
 ) -> dict[str, Any] | None:
@@ -674,6 +711,7 @@ def _run(
         out.mkdir(parents=True, exist_ok=True)
         if overwrite and not resuming:
             _clear_run(out)
+        _record_run(out, config, command, resuming, dist_.world)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,9 @@ def test_smoke_run_writes_all_outputs(tmp_path):
     out = tmp_path / "run"
     for name in ("metrics.json", "summary.md", "manifest.json", "recipe.json", "checkpoint.pt"):
         assert (out / name).is_file(), name
+    # The options in readable form, beside the checkpoint; no command line from the API.
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert config == tiny_train_config() and not (out / "command.txt").exists()
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
         assert key in saved and key in metrics
@@ -568,6 +572,11 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
     assert "Grad strides" not in result.stderr  # the depthwise layout warning is silenced
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+    # Rank 0 alone records the run: one config, one command line naming both processes.
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 4
+    (command,) = (out / "command.txt").read_text().splitlines()
+    assert command.endswith(f"--out {out}  # under torchrun, 2 processes")
+    assert "python recipes/train_prn.py --backbone resnet18" in command
     first, second = metrics["rank_fingerprints"]
     assert first == second and first > 0
 
@@ -631,10 +640,12 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     run(tiny_train_config(steps=2, seed=1, stop_at_step=1, checkpoint_every=1), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt",
+        "config.json",
         "manifest.json",
         "recipe.json",
     ]
     assert load_checkpoint(out / "checkpoint.pt")["config"]["seed"] == 1
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
 
     fresh = tmp_path / "fresh"
     run(tiny_train_config(steps=2, stop_at_step=1), fresh, resume=True)
@@ -734,6 +745,44 @@ def test_failed_text_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         write_text_atomic(tmp_path / "metrics.json", "\udc80")  # not encodable
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_records_its_config_and_command_line_and_reruns_from_them(tmp_path, monkeypatch):
+    """config.json and command.txt outlive a lost checkpoint; `--config` re-runs the run."""
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "64", "--steps", "2"]
+    tiny += ["--batch-size", "4", "--n-anomalies", "3", "--checkpoint-every", "1", "--device"]
+    tiny += ["cpu"]
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert train_prn_main([*tiny, "--out", "first", "--stop-at-step", "1"]) == 0
+    interrupted = json.loads((first / "config.json").read_text())
+    assert interrupted == load_checkpoint(first / "checkpoint.pt")["config"]
+    assert interrupted["stop_at_step"] == 1
+    cd = f"cd {shlex.quote(str(tmp_path))} && prn-train "
+    commands = [cd + shlex.join([*tiny, "--out", "first", "--stop-at-step", "1"])]
+    assert (first / "command.txt").read_text().splitlines() == commands
+    # Without the checkpoint: its config.json re-runs the run, the whole schedule this time.
+    assert train_prn_main(["--config", "first/config.json", "--out", "again"]) == 0
+    assert json.loads((again / "config.json").read_text()) == {**interrupted, "stop_at_step": None}
+    assert (again / "command.txt").read_text() == cd + "--config first/config.json --out again\n"
+    # A resumption that changes the options is refused before anything is written ...
+    assert train_prn_main([*tiny, "--out", "first", "--resume", "--lr", "0.5"]) == 2
+    assert json.loads((first / "config.json").read_text()) == interrupted
+    assert (first / "command.txt").read_text().splitlines() == commands
+    # ... one with the same options adds its command line and ends as the re-run did.
+    assert train_prn_main([*tiny, "--out", "first", "--resume"]) == 0
+    commands.append(cd + shlex.join([*tiny, "--out", "first", "--resume"]))
+    assert (first / "command.txt").read_text().splitlines() == commands
+    assert (first / "config.json").read_text() == (again / "config.json").read_text()
+    resumed, rerun = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    for key in (*METRIC_NAMES, "rank_fingerprints"):
+        assert resumed[key] == rerun[key], key
+    # --overwrite starts the record afresh.
+    assert train_prn_main([*tiny, "--out", "first", "--overwrite", "--seed", "1"]) == 0
+    assert (first / "command.txt").read_text().splitlines() == [
+        cd + shlex.join([*tiny, "--out", "first", "--overwrite", "--seed", "1"])
+    ]
+    assert json.loads((first / "config.json").read_text())["seed"] == 1
 
 
 def test_a_test_set_without_anomalies_is_an_error(tmp_path):
