@@ -189,8 +189,10 @@ def check_keys(name: str, params: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def make_generator(seed: int | None) -> torch.Generator:
-    """A CPU generator (parameters are tiny; CPU keeps them identical across devices);
-    ``seed=None`` seeds it from fresh entropy."""
+    """A CPU generator (parameters are tiny; CPU keeps them identical across devices).
+
+    ``seed=None`` seeds it from a draw of torch's global RNG, not from OS entropy: after
+    ``torch.manual_seed`` such calls repeat, as torchvision's random transforms do."""
     generator = torch.Generator()
     generator.manual_seed(
         int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
@@ -385,7 +387,8 @@ class AnomalyTransform:
     ) -> Synthesis:
         """Synthesize from ``image``: ``seed`` for one image, ``seeds`` (one each) for a batch.
 
-        With a batch and only ``seed``, sample ``i`` uses ``derive_seed(seed, i)``. Masks can
+        With a batch and only ``seed``, sample ``i`` uses ``derive_seed(seed, i)``. With neither,
+        the seed is drawn from torch's global RNG (``torch.manual_seed`` makes it repeat). Masks can
         come out empty (a Perlin threshold above every noise value, say): such a sample is
         drawn again from its own generator, up to ``_MAX_ATTEMPTS`` times, so retries stay
         deterministic and never depend on the rest of the batch.

@@ -11,6 +11,7 @@ pixel outside a mask is changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -132,6 +133,12 @@ def _build(folder: Path, params: dict[str, int]) -> None:
             _write(folder / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
 
 
+def generator_fingerprint() -> str:
+    """A hash of this module's source, which the cache marker records: the same arguments
+    give other files once the generator changes, so an old build must not be reused."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def build_demo_dataset(
     root: str | Path,
     n_train: int = 60,
@@ -144,8 +151,9 @@ def build_demo_dataset(
 
     ``n_test_defect`` images are made for each defect type (crack, scratch, spot). The same
     arguments always give the same files; an existing complete build with the same arguments
-    is reused, and a build is written to a temporary folder and renamed into place, so an
-    interrupted run never leaves a half-built dataset behind.
+    and the same generator (``generator_fingerprint``) is reused, and a build is written to a
+    temporary folder and renamed into place, so an interrupted run never leaves a half-built
+    dataset behind.
     """
     params = {
         "n_train": n_train,
@@ -165,7 +173,8 @@ def build_demo_dataset(
     root = Path(root)
     target = root / CATEGORY
     marker = target / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    built = {**params, "generator": generator_fingerprint()}
+    if marker.is_file() and json.loads(marker.read_text()) == built:
         return root
     if target.exists() and not marker.is_file():
         raise FileExistsError(f"{target} exists but is not a demo build; remove it first")
@@ -173,8 +182,8 @@ def build_demo_dataset(
     scratch = Path(tempfile.mkdtemp(dir=root, prefix=f".{CATEGORY}-"))
     try:
         _build(scratch, params)
-        (scratch / MARKER).write_text(json.dumps(params))
-        if target.exists():  # an older demo build with other arguments
+        (scratch / MARKER).write_text(json.dumps(built))
+        if target.exists():  # an older demo build with other arguments or another generator
             shutil.rmtree(target)
         scratch.rename(target)
     finally:

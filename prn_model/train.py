@@ -3,10 +3,11 @@
 One ``TrainConfig`` describes a run. ``run(config, out_dir)`` reads the dataset, draws the
 few-shot split, fits the prototypes, trains on a fixed step schedule (no model selection
 on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md``,
-``manifest.json`` and heatmap overlays. Checkpoints are written atomically and hold
-everything needed to resume on the CPU as if uninterrupted (bit-exact where runs are: with one
-thread; docs/prn.md, "Reproducibility"). Under ``torchrun`` the run is
-data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch sharded across ranks.
+``manifest.json`` and heatmap overlays; ``config.json`` is written as the run starts.
+Checkpoints are written atomically and hold everything needed to resume on the CPU as if
+uninterrupted (bit-exact where runs are: with one thread; docs/prn.md, "Reproducibility").
+Under ``torchrun`` the run is data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch
+sharded across ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import shutil
 import sys
 import time
@@ -73,7 +76,14 @@ from prn_model.network import PRN, PRNConfig
 from prn_model.peak_memory import peak_rss_mib
 from prn_model.visualize import heatmap_overlay
 
-__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "load_checkpoint", "run", "run_environment"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "TrainConfig",
+    "checkout_commit",
+    "load_checkpoint",
+    "run",
+    "run_environment",
+]
 
 CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
@@ -109,6 +119,9 @@ _RESUMABLE_KEYS = {"checkpoint_every", "num_workers", "device", "stop_at_step"}
 _DEPTHWISE_STRIDES_WARNING = (
     r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]"
 )
+# The folder holding prn_model/ and anomgen/: a git checkout when installed editable.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names
 
 
 @dataclass
@@ -568,17 +581,31 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 
 
 # What a run writes into its folder; ``overwrite`` removes these before starting afresh.
-RUN_OUTPUTS = ("checkpoint.pt", "metrics.json", "summary.md", "manifest.json", "recipe.json")
+RUN_OUTPUTS = (
+    "checkpoint.pt",
+    "metrics.json",
+    "summary.md",
+    "manifest.json",
+    "recipe.json",
+    "config.json",
+    "command.txt",
+)
 
 
 def run(
-    config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any] | None:
     """Train and evaluate; returns the metrics on rank 0 (None on other ranks).
 
     A folder that already holds a run (a checkpoint or metrics) is refused unless ``resume``
     continues its checkpoint or ``overwrite`` replaces it (its outputs are removed first),
     so a finished run is never destroyed or mixed with another one's files by accident.
+    ``config.json`` holds ``config`` from the start, so the options survive a lost
+    checkpoint; ``command`` (the command line, from ``prn-train``) goes to ``command.txt``.
     """
     out = Path(out_dir)
     _check_out_dir(out, resume, overwrite)
@@ -589,7 +616,7 @@ def run(
             raise ValueError(
                 f"batch_size {config.batch_size} must be divisible by the {dist_.world} processes"
             )
-        return _run(config, out, resume, overwrite, device, dist_)
+        return _run(config, out, resume, overwrite, command, device, dist_)
     finally:
         if dist_.world > 1:
             dist.destroy_process_group()
@@ -607,6 +634,26 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _record_run(
+    out: Path, config: TrainConfig, command: str | None, resuming: bool, world: int
+) -> None:
+    """Write ``config.json`` and add ``command`` to ``command.txt`` as the run starts.
+
+    A resumption has passed ``_check_same_run``, so its config differs at most in the
+    resumable keys, and rewriting the file keeps the latest of those; its command line is
+    added below the earlier ones. A fresh run's ``command.txt`` holds its own line only.
+    """
+    write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2))
+    if command is None:
+        return
+    line = f"cd {shlex.quote(os.getcwd())} && {command}"
+    if world > 1:
+        line += f"  # under torchrun, {world} processes"
+    path = out / "command.txt"
+    earlier = path.read_text() if resuming and path.is_file() else ""
+    write_text_atomic(path, earlier + line + "\n")
+
+
 def _clear_run(out: Path) -> None:
     """Remove a previous run's outputs, so none of them is mistaken for this run's."""
     for name in RUN_OUTPUTS:
@@ -619,6 +666,7 @@ def _run(
     out: Path,
     resume: bool,
     overwrite: bool,
+    command: str | None,
     device: torch.device,
     dist_: _Dist,
 ) -> dict[str, Any] | None:
@@ -663,6 +711,7 @@ def _run(
         out.mkdir(parents=True, exist_ok=True)
         if overwrite and not resuming:
             _clear_run(out)
+        _record_run(out, config, command, resuming, dist_.world)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
@@ -853,20 +902,65 @@ def run_environment(device: torch.device) -> dict[str, Any]:
     """What a bit-exact re-run must share besides the seed (docs/prn.md, "Reproducibility").
 
     PyTorch's CPU kernels round differently per instruction set and thread count, so the
-    package versions alone do not pin a run's last digits.
+    package versions alone do not pin a run's last digits. Pillow decodes every image and
+    scikit-image provides the demo data's texture. ``git_commit`` is the code's commit when
+    it runs from a git checkout (an editable install), and absent otherwise.
     """
     import platform
 
-    return {
+    import PIL
+    import skimage
+
+    environment = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "scikit_image": skimage.__version__,
         "anomgen": anomgen.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
     }
+    commit = checkout_commit(_CHECKOUT)
+    if commit is not None:
+        environment["git_commit"] = commit
+    return environment
+
+
+def checkout_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder``, read from its ``.git`` (HEAD, then the loose or
+    packed ref it names; a worktree's ``.git`` file is followed), or None when ``folder`` is
+    no git checkout or its files say nothing readable. git itself is not run (it may be
+    missing, or refuse a repository another user owns); uncommitted changes are not seen."""
+    try:
+        git = folder / ".git"
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            text = git.read_text().strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git = folder / text.removeprefix("gitdir:").strip()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):  # a detached HEAD holds the commit itself
+            return head if _COMMIT.fullmatch(head) else None
+        ref = head.removeprefix("ref:").strip()
+        # A worktree keeps its HEAD in its own folder and the refs in the common one.
+        common = git / "commondir"
+        folders = [git, git / common.read_text().strip()] if common.is_file() else [git]
+        for place in folders:
+            if (place / ref).is_file():
+                commit = (place / ref).read_text().strip()
+                return commit if _COMMIT.fullmatch(commit) else None
+        for place in folders:
+            if (place / "packed-refs").is_file():
+                for line in (place / "packed-refs").read_text().splitlines():
+                    fields = line.split()
+                    if len(fields) == 2 and fields[1] == ref and _COMMIT.fullmatch(fields[0]):
+                        return fields[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None  # an unborn branch: no commit yet
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -4,6 +4,7 @@ With no options it builds the small offline demo dataset (scikit-image textures 
 drawn defects) and trains the efficientnet_lite0 PRN on 2 CPU cores in about a minute.
 ``--model NAME`` starts from a zoo entry's settings (prn_model.zoo); options given beside it
 override them, e.g. ``--model prn_lite0_mtd_normalised --root ../shared/data/mtd``.
+``--config RUN/config.json`` starts from the settings of an earlier run instead, to re-run it.
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m prn_model.train_cli ...`` (or the recipe).
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
@@ -29,13 +33,22 @@ def parse_args(
     argv: list[str] | None = None, prog: str = "prn-train"
 ) -> tuple[TrainConfig, Path, bool, bool]:
     """The run's config, its output folder, and the --resume and --overwrite switches."""
-    # Two passes: --model decides the defaults that every other option then overrides.
+    # Two passes: --model (or --config, whose file is read once the options have parsed)
+    # decides the defaults that every other option then overrides.
     model_parser = argparse.ArgumentParser(prog=prog, add_help=False)
-    model_parser.add_argument(
+    start = model_parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--model",
         choices=list_models(),
         metavar="NAME",
         help=f"zoo entry whose training settings the other options start from: {list_models()}",
+    )
+    start.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="an earlier run's config.json, whose settings the other options start from "
+        "in place of those shown here: re-runs that run",
     )
     model = model_parser.parse_known_args(argv)[0].model
     defaults = SimpleNamespace(
@@ -270,6 +283,13 @@ def parse_args(
     )
     parser.add_argument("--stop-at-step", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config is not None:  # read only now: a bad command line is reported first
+        defaults = SimpleNamespace(**_config_file(args.config))
+        parser.set_defaults(
+            **vars(defaults),
+            mix=[defaults.normal_weight, defaults.seen_weight, defaults.simulated_weight],
+        )
+        args = parser.parse_args(argv)
     values = {
         f.name: getattr(args, f.name, getattr(defaults, f.name))
         for f in dataclasses.fields(TrainConfig)
@@ -284,17 +304,39 @@ def parse_args(
     return TrainConfig(**values), args.out, args.resume, args.overwrite
 
 
+def _config_file(path: Path) -> dict[str, Any]:
+    """TrainConfig values from a run's config.json; keys it lacks (options added since) take
+    their defaults. ``stop_at_step`` is dropped: a re-run trains the whole schedule."""
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {str(path)!r} must hold a JSON object of TrainConfig values")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {str(path)!r} has unknown TrainConfig keys {unknown}")
+    return {**dataclasses.asdict(TrainConfig()), **values, "stop_at_step": None}
+
+
+# How command.txt writes the program of a run; prn-train itself otherwise.
+_PROGRAMS = {"train_prn": "python recipes/train_prn.py"}
+
+
 def main(argv: list[str] | None = None, prog: str = "prn-train") -> int:
     """Exit status 0 when the run finished, 2 on bad options or data (one line on stderr)."""
+    words = sys.argv[1:] if argv is None else argv
+    command = f"{_PROGRAMS.get(prog, prog)} {shlex.join(words)}".strip()
     try:
         config, out, resume, overwrite = parse_args(argv, prog)
-        metrics = run(config, out, resume=resume, overwrite=overwrite)
+        metrics = run(config, out, resume=resume, overwrite=overwrite, command=command)
     except (ValueError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     if metrics is not None:
         print((out / "summary.md").read_text())
-        print(f"outputs in {out}/ (metrics.json, summary.md, manifest.json, heatmaps/)")
+        print(f"outputs in {out}/ (metrics.json, summary.md, config.json, heatmaps/, ...)")
     return 0
 
 

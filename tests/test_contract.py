@@ -338,7 +338,7 @@ def test_uint8_samples_labelled_anomalous_really_changed():
 def test_a_seed_is_a_non_negative_int_for_one_image_and_a_batch(seed):
     image = random_image(3, 32, 32, seed=0)
     batch = torch.stack([image, image])
-    if seed is None:  # fresh entropy
+    if seed is None:  # drawn from torch's global RNG: the next test
         assert CutPaste()(image, seed=None).image.shape == image.shape
         return
     message = rf"seed must be an int in \[0, 2\*\*64\), got {re.escape(repr(seed))}$"
@@ -347,6 +347,24 @@ def test_a_seed_is_a_non_negative_int_for_one_image_and_a_batch(seed):
             CutPaste()(images, seed=seed)
     with pytest.raises(ValueError, match="seed must be an int"):
         make_generator(seed)
+
+
+def test_unseeded_calls_draw_from_torchs_global_rng():
+    """``seed=None`` is not OS entropy (docs/anomgen.md, "Randomness"): ``torch.manual_seed``
+    makes unseeded calls repeat, as with torchvision's random transforms."""
+    image = random_image(3, 32, 32, seed=0)
+    batch = torch.stack([image, image])
+    mix = OneOf([CutPaste(), CutPasteScar()])
+    results = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        results.append((mix(image), mix(batch), make_generator(None).initial_seed()))
+    (one, many, generator_seed), (one_again, many_again, generator_seed_again) = results
+    assert torch.equal(one.image, one_again.image) and one.meta == one_again.meta
+    assert torch.equal(many.image, many_again.image) and many.meta == many_again.meta
+    assert generator_seed == generator_seed_again
+    # The draw advances the global RNG: the next unseeded call differs.
+    assert make_generator(None).initial_seed() != generator_seed
 
 
 @pytest.mark.parametrize(

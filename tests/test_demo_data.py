@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from prn_model import demo_data
 from prn_model.data import load_record, make_split, read_mvtec
-from prn_model.demo_data import CATEGORY, build_demo_dataset
+from prn_model.demo_data import CATEGORY, MARKER, build_demo_dataset
 
 SMALL = {"n_train": 4, "n_test_good": 3, "n_test_defect": 2, "size": 48}
 
@@ -66,6 +69,32 @@ def test_rebuild_is_skipped_when_complete_and_redone_when_arguments_change(tmp_p
     build_demo_dataset(tmp_path, **{**SMALL, "n_train": 5})
     assert sentinel.read_bytes() != b"untouched"
     assert len(list((tmp_path / CATEGORY / "train/good").iterdir())) == 5
+
+
+def test_a_changed_generator_rebuilds_the_cache(tmp_path, monkeypatch):
+    """The marker names the generator's source: with the same arguments, an edited
+    demo_data.py (or a marker written before the generator was recorded) rebuilds."""
+    build_demo_dataset(tmp_path, **SMALL)
+    sentinel = tmp_path / CATEGORY / "train/good/000.png"
+    sentinel.write_bytes(b"untouched")
+    edited = tmp_path / "demo_data.py"
+    shutil.copy(demo_data.__file__, edited)
+    edited.write_text(edited.read_text() + "\n# a changed generator\n")
+    monkeypatch.setattr(demo_data, "__file__", str(edited))
+    build_demo_dataset(tmp_path, **SMALL)
+    assert sentinel.read_bytes() != b"untouched"
+    marker = tmp_path / CATEGORY / MARKER
+    assert json.loads(marker.read_text()) == {
+        **SMALL,
+        "seed": 0,
+        "generator": demo_data.generator_fingerprint(),
+    }
+    sentinel.write_bytes(b"untouched")
+    build_demo_dataset(tmp_path, **SMALL)
+    assert sentinel.read_bytes() == b"untouched"  # the same generator reuses its build
+    marker.write_text(json.dumps({**SMALL, "seed": 0}))  # as older versions wrote it
+    build_demo_dataset(tmp_path, **SMALL)
+    assert sentinel.read_bytes() != b"untouched"
 
 
 def test_refuses_foreign_folder_and_bad_arguments(tmp_path):

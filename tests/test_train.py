@@ -6,12 +6,15 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
+import skimage
 import torch
 from PIL import Image
 
@@ -25,6 +28,7 @@ from prn_model.train import (
     TrainConfig,
     _Dist,
     build_transform,
+    checkout_commit,
     config_split,
     evaluate_split,
     load_checkpoint,
@@ -50,6 +54,9 @@ def test_smoke_run_writes_all_outputs(tmp_path):
     out = tmp_path / "run"
     for name in ("metrics.json", "summary.md", "manifest.json", "recipe.json", "checkpoint.pt"):
         assert (out / name).is_file(), name
+    # The options in readable form, beside the checkpoint; no command line from the API.
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert config == tiny_train_config() and not (out / "command.txt").exists()
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
         assert key in saved and key in metrics
@@ -59,11 +66,55 @@ def test_smoke_run_writes_all_outputs(tmp_path):
     assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
     assert environment["cpu_threads"] == torch.get_num_threads()
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["pillow"] == PIL.__version__  # decodes every image
+    assert environment["scikit_image"] == skimage.__version__  # the demo data's texture
+    assert environment.get("git_commit") == checkout_commit(ROOT)  # absent outside a checkout
     assert list((out / "heatmaps").glob("*.png"))
     manifest = json.loads((out / "manifest.json").read_text())
     few_shot = {item["image"] for item in manifest["few_shot"]}
     test = {item["image"] for item in manifest["test"]}
     assert len(few_shot) == 3 and not few_shot & test  # no leak
+
+
+def test_checkout_commit_reads_head_loose_and_packed_refs_and_worktrees(tmp_path):
+    """The environment's git_commit comes from .git's files, without running git."""
+    commit, other = "a" * 40, "b" * 40
+    repo = tmp_path / "repo"
+    (repo / ".git/refs/heads").mkdir(parents=True)
+    assert checkout_commit(tmp_path / "nothing") is None  # no checkout: absent
+    (repo / ".git/HEAD").write_text("ref: refs/heads/main\n")
+    assert checkout_commit(repo) is None  # an unborn branch
+    (repo / ".git/packed-refs").write_text(f"# pack-refs with: peeled\n{other} refs/heads/main\n")
+    assert checkout_commit(repo) == other
+    (repo / ".git/refs/heads/main").write_text(commit + "\n")  # a loose ref wins
+    assert checkout_commit(repo) == commit
+    (repo / ".git/HEAD").write_text(other + "\n")  # detached
+    assert checkout_commit(repo) == other
+    (repo / ".git/HEAD").write_text("garbage\n")
+    assert checkout_commit(repo) is None
+    # A worktree: .git is a file naming its folder, whose commondir holds the refs.
+    (repo / ".git/HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git/worktrees/tree").mkdir(parents=True)
+    (repo / ".git/worktrees/tree/HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git/worktrees/tree/commondir").write_text("../..\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {repo / '.git/worktrees/tree'}\n")
+    assert checkout_commit(tree) == commit
+    (tree / ".git").write_bytes(b"\xff\xfe")  # unreadable: absent, never an error
+    assert checkout_commit(tree) is None
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not run from a git checkout")
+def test_checkout_commit_is_the_commit_git_names():
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git cannot read this checkout")
+    assert checkout_commit(ROOT) == head
+    assert train_module.run_environment(torch.device("cpu"))["git_commit"] == head
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
@@ -521,6 +572,11 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
     assert "Grad strides" not in result.stderr  # the depthwise layout warning is silenced
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+    # Rank 0 alone records the run: one config, one command line naming both processes.
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 4
+    (command,) = (out / "command.txt").read_text().splitlines()
+    assert command.endswith(f"--out {out}  # under torchrun, 2 processes")
+    assert "python recipes/train_prn.py --backbone resnet18" in command
     first, second = metrics["rank_fingerprints"]
     assert first == second and first > 0
 
@@ -584,10 +640,12 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     run(tiny_train_config(steps=2, seed=1, stop_at_step=1, checkpoint_every=1), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt",
+        "config.json",
         "manifest.json",
         "recipe.json",
     ]
     assert load_checkpoint(out / "checkpoint.pt")["config"]["seed"] == 1
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
 
     fresh = tmp_path / "fresh"
     run(tiny_train_config(steps=2, stop_at_step=1), fresh, resume=True)
@@ -687,6 +745,44 @@ def test_failed_text_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         write_text_atomic(tmp_path / "metrics.json", "\udc80")  # not encodable
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_records_its_config_and_command_line_and_reruns_from_them(tmp_path, monkeypatch):
+    """config.json and command.txt outlive a lost checkpoint; `--config` re-runs the run."""
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "64", "--steps", "2"]
+    tiny += ["--batch-size", "4", "--n-anomalies", "3", "--checkpoint-every", "1", "--device"]
+    tiny += ["cpu"]
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert train_prn_main([*tiny, "--out", "first", "--stop-at-step", "1"]) == 0
+    interrupted = json.loads((first / "config.json").read_text())
+    assert interrupted == load_checkpoint(first / "checkpoint.pt")["config"]
+    assert interrupted["stop_at_step"] == 1
+    cd = f"cd {shlex.quote(str(tmp_path))} && prn-train "
+    commands = [cd + shlex.join([*tiny, "--out", "first", "--stop-at-step", "1"])]
+    assert (first / "command.txt").read_text().splitlines() == commands
+    # Without the checkpoint: its config.json re-runs the run, the whole schedule this time.
+    assert train_prn_main(["--config", "first/config.json", "--out", "again"]) == 0
+    assert json.loads((again / "config.json").read_text()) == {**interrupted, "stop_at_step": None}
+    assert (again / "command.txt").read_text() == cd + "--config first/config.json --out again\n"
+    # A resumption that changes the options is refused before anything is written ...
+    assert train_prn_main([*tiny, "--out", "first", "--resume", "--lr", "0.5"]) == 2
+    assert json.loads((first / "config.json").read_text()) == interrupted
+    assert (first / "command.txt").read_text().splitlines() == commands
+    # ... one with the same options adds its command line and ends as the re-run did.
+    assert train_prn_main([*tiny, "--out", "first", "--resume"]) == 0
+    commands.append(cd + shlex.join([*tiny, "--out", "first", "--resume"]))
+    assert (first / "command.txt").read_text().splitlines() == commands
+    assert (first / "config.json").read_text() == (again / "config.json").read_text()
+    resumed, rerun = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    for key in (*METRIC_NAMES, "rank_fingerprints"):
+        assert resumed[key] == rerun[key], key
+    # --overwrite starts the record afresh.
+    assert train_prn_main([*tiny, "--out", "first", "--overwrite", "--seed", "1"]) == 0
+    assert (first / "command.txt").read_text().splitlines() == [
+        cd + shlex.join([*tiny, "--out", "first", "--overwrite", "--seed", "1"])
+    ]
+    assert json.loads((first / "config.json").read_text())["seed"] == 1
 
 
 def test_a_test_set_without_anomalies_is_an_error(tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from prn_model.train import TrainConfig
 from prn_model.train_cli import parse_args
 
 
@@ -58,3 +60,32 @@ def test_prn_train_is_an_installed_command_and_the_recipe_its_checkout_twin(caps
     assert script.load() is train_cli.main
     assert train_cli.main(["--steps", "0"]) == 2
     assert capsys.readouterr().err.startswith("prn-train: error: steps must be an int >= 1")
+
+
+def test_config_option_starts_from_a_runs_config_json_and_options_override_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    (tmp_path / "dtd").mkdir()
+    saved = TrainConfig(
+        steps=7, lr=0.01, weight_decay=0.5, heatmaps=2, textures=str(tmp_path / "dtd")
+    ).to_dict()
+    saved.update(pretrained=False, seen_weight=0.0, stop_at_step=3)
+    del saved["original_weight"]  # as written before --original-weight existed
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    config, *_ = parse_args(["--config", str(path)])
+    # Every value (those without an option too) but the interrupted run's stop_at_step.
+    assert config == TrainConfig(**{**saved, "original_weight": 0.0, "stop_at_step": None})
+    config, *_ = parse_args(["--config", str(path), "--steps", "9", "--mix", "1", "1", "1"])
+    assert (config.steps, config.lr, config.seen_weight) == (9, 0.01, 1.0)
+    path.write_text(json.dumps({**saved, "colour": "red"}))
+    with pytest.raises(
+        ValueError, match=r"config\.json' has unknown TrainConfig keys \['colour'\]"
+    ):
+        parse_args(["--config", str(path)])
+    path.write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        parse_args(["--config", str(path)])
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path), "--model", "prn_lite0_mtd_band"])
+    assert "not allowed with argument" in capsys.readouterr().err
