@@ -138,12 +138,28 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _list_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name so every run sees the same order."""
+    """Image files directly in ``folder``, sorted by name so every run sees the same order.
+
+    An entry named like an image that is no file (a broken link, a folder ``x.png``) is an
+    error naming it, as in anomgen's ``list_images``: dropped, the run would train and
+    evaluate on fewer images than the folder shows.
+    """
     allowed = frozenset(extensions)
-    return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in allowed),
-        key=lambda p: p.name,
-    )
+    images = []
+    for path in folder.iterdir():
+        if path.suffix.lower() not in allowed:
+            continue
+        if not path.is_file():
+            kind = (
+                "a folder"
+                if path.is_dir()
+                else "a broken link"
+                if path.is_symlink()
+                else "no regular file"
+            )
+            raise ValueError(f"image folder entry {str(path)!r} is {kind}, not an image file")
+        images.append(path)
+    return sorted(images, key=lambda p: p.name)
 
 
 def _require_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:

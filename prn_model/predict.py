@@ -33,9 +33,10 @@ from anomgen.io import IMAGE_SUFFIXES, _non_file_kind, list_images
 from anomgen.preview import folder_problem, save_png_atomic
 from prn_model.atomic import write_text_atomic
 from prn_model.data import load_image
+from prn_model.devices import checked_device
 from prn_model.network import PRN
 from prn_model.visualize import heatmap_overlay
-from prn_model.zoo import _checked_device, _checkpoint_file, load_model
+from prn_model.zoo import _checkpoint_file, load_model
 
 __all__ = ["main", "predict_folder"]
 
@@ -346,7 +347,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        device = _checked_device(args.device, "--device")
+        device = checked_device(args.device, "--device")
         _checkpoint_file(args.checkpoint)  # both paths checked before the slow loading
         _list_images(args.images_dir)
         _check_out(args.out)

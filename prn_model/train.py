@@ -70,6 +70,7 @@ from prn_model.data import (
     read_mvtec,
 )
 from prn_model.demo_data import build_demo_dataset
+from prn_model.devices import checked_device
 from prn_model.loss import PRNLoss
 from prn_model.metrics import METRIC_NAMES, evaluate
 from prn_model.network import PRN, PRNConfig
@@ -188,15 +189,8 @@ class TrainConfig:
         for name in ("pretrained", "use_residuals"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.device, str):
+        if not isinstance(self.device, str) or not _is_training_device(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ValueError(
-                    f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-                ) from None
         divisors = self.attention_divisors
         if (
             isinstance(divisors, int | str)
@@ -356,13 +350,21 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def _is_training_device(name: str) -> bool:
+    """Whether ``name`` spells a device training supports (this machine may still lack it)."""
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except RuntimeError:
+        return False
+
+
 def _resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = checked_device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         elif int(os.environ.get("WORLD_SIZE", 1)) > 1:

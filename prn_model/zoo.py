@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from prn_model.devices import checked_device
 from prn_model.network import PRN, PRNConfig
 from prn_model.train import TrainConfig, load_checkpoint
 
@@ -502,7 +503,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     memory bank and non-finite weights are refused with the reason, as is a ``device`` this
     machine lacks (checked first, before the checkpoint is read).
     """
-    device = _checked_device(device)
+    device = checked_device(device)
     path = _checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives
         raise ValueError(f"{str(path)!r} is not a PRN checkpoint (not written by torch.save)")
@@ -550,33 +551,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PRN:
     channels = payload.get("channels")
     model.input_channels = channels if channels in (1, 3) else None
     return model.to(device).eval()
-
-
-def _checked_device(device: Any, name: str = "device") -> torch.device:
-    """``device`` as a torch.device this machine has, else a ValueError naming it: torch's
-    own errors for a misspelt name or a missing GPU come from deep inside ``.to()`` and do
-    not say which argument was wrong. ``name`` is how the caller spells the argument."""
-    if not isinstance(device, str | torch.device):
-        raise ValueError(f"{name} must be a str or torch.device, e.g. 'cpu', got {device!r}")
-    try:
-        checked = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"invalid {name} {str(device)!r}: {error}") from None
-    if checked.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name} {str(device)!r} requested but CUDA is not available")
-        count = torch.cuda.device_count()
-        if checked.index is not None and checked.index >= count:
-            raise ValueError(
-                f"{name} {str(device)!r} requested but this machine has {count} CUDA "
-                f"device(s), cuda:0 to cuda:{count - 1}"
-            )
-    elif checked.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"{name} {str(device)!r} requested but MPS is not available")
-    elif checked.type != "cpu":
-        raise ValueError(f"{name} must be cpu, cuda, cuda:N or mps, got {str(device)!r}")
-    return checked
 
 
 def _checkpoint_file(path: str | Path) -> Path:

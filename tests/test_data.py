@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -115,6 +116,22 @@ def test_image_extensions_case_insensitive_and_sorted(tmp_path):
         "e.TIF",
         "f.jpeg",
     ]
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+def test_an_image_named_entry_that_is_no_file_is_named_not_dropped(tmp_path, kind):
+    write_image(tmp_path / "normal/a.png")
+    odd = tmp_path / "normal/b.png"
+    if kind == "folder":
+        odd.mkdir()
+    else:
+        odd.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ValueError, match=rf"'{re.escape(str(odd))}' is a {kind}"):
+        read_folder(tmp_path / "normal")
+    root = make_mtd(tmp_path / "mtd", {"Free": 2, "Crack": 1})
+    (root / "MT_Free/Imgs/c.jpg").mkdir()
+    with pytest.raises(ValueError, match=r"c\.jpg' is a folder"):
+        read_mtd(root)
 
 
 def test_read_mtd_records(tmp_path):

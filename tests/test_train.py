@@ -667,6 +667,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
         ({"num_workers": 1.5}, "num_workers must be an int >= 0, got 1.5"),
         ({"device": "foo"}, "device must be auto, cpu, cuda or cuda:N"),
         ({"device": None}, "device must be auto, cpu, cuda or cuda:N, got None"),
+        ({"device": "meta"}, "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
         ({"steps": 2.7}, "steps must be an int >= 1, got 2.7"),
         ({"steps": "5"}, "steps must be an int >= 1, got '5'"),
         ({"batch_size": 3.9}, "batch_size must be an int >= 1, got 3.9"),
@@ -788,3 +789,13 @@ def test_a_run_records_its_config_and_command_line_and_reruns_from_them(tmp_path
 def test_a_test_set_without_anomalies_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no anomalous images left.*lower --n-anomalies"):
         run(tiny_train_config(n_anomalies=60), tmp_path / "run")  # every demo anomaly
+
+
+def test_a_gpu_this_machine_lacks_is_named_before_training(monkeypatch: pytest.MonkeyPatch):
+    """torch's own error for cuda:3 on a one-GPU machine comes from deep inside set_device."""
+    from prn_model.train import _resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:3' requested but this machine has 1 CUDA"):
+        _resolve_device("cuda:3", local_rank=0)
