@@ -246,8 +246,10 @@ def _environment_line(runs: list[dict]) -> str:
         )
         text = (
             f"{where}; Python {e['python']}, torch {e['torch']}, numpy {e['numpy']}, "
-            f"OpenCV {e['opencv']}, anomgen {e['anomgen']}"
+            f"OpenCV {e['opencv']}, Pillow {e.get('pillow', 'n/a')}, anomgen {e['anomgen']}"
         )
+        if "git_commit" in e:  # absent outside a git checkout
+            text += f", commit {e['git_commit'][:12]}"
         if text not in described:
             described.append(text)
     return "Environment: " + " | ".join(described) + "."

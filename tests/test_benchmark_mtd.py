@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import PIL
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from recipes.benchmark_mtd import (
     METRICS,
     PAPER_MVTEC,
     START,
+    _environment_line,
     _report,
     _write_report,
     main,
@@ -50,6 +52,13 @@ def _fake_run(value: float, per_type: dict[str, float]) -> dict:
         "peak_rss_mib": 10.0,
         "environment": environment,
     }
+
+
+def test_environment_line_names_pillow_and_the_commit_when_recorded():
+    run = _fake_run(0.9, {})
+    assert "Pillow n/a, anomgen 1." in _environment_line([run])  # a run from before they were
+    run["environment"] |= {"pillow": "10.3.0", "git_commit": "0123456789abcdef" * 2 + "01234567"}
+    assert _environment_line([run]).endswith("Pillow 10.3.0, anomgen 1, commit 0123456789ab.")
 
 
 def test_report_std_is_the_sample_one_and_absent_or_undefined_seeds_are_counted(
@@ -249,6 +258,7 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     capability = torch.backends.cpu.get_cpu_capability()
     assert f"Environment: CPU ({capability}, {threads} threads); Python " in text
     assert f"torch {torch.__version__}, numpy" in text
+    assert f"Pillow {PIL.__version__}, anomgen" in text
     # Strict JSON: an undefined metric would be null, never a bare NaN.
     saved = (tmp_path / "runs" / "seed0" / "benchmark.json").read_text()
     assert json.loads(saved, parse_constant=pytest.fail)["image_auroc"] > 0
