@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import skimage
 from skimage import data as skimage_data
 
 CATEGORY = "demo_texture"
@@ -134,9 +135,12 @@ def _build(folder: Path, params: dict[str, int]) -> None:
 
 
 def generator_fingerprint() -> str:
-    """A hash of this module's source, which the cache marker records: the same arguments
-    give other files once the generator changes, so an old build must not be reused."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """A hash of this module's source and of the libraries that draw the images (the
+    texture, the random streams, the painting), which the cache marker records: the same
+    arguments give other files once any of them changes, so an old build must not be reused."""
+    libraries = f"numpy {np.__version__} OpenCV {cv2.__version__} skimage {skimage.__version__}"
+    source = Path(__file__).read_bytes() + libraries.encode()
+    return hashlib.sha256(source).hexdigest()[:16]
 
 
 def build_demo_dataset(

@@ -95,6 +95,10 @@ def test_a_changed_generator_rebuilds_the_cache(tmp_path, monkeypatch):
     marker.write_text(json.dumps({**SMALL, "seed": 0}))  # as older versions wrote it
     build_demo_dataset(tmp_path, **SMALL)
     assert sentinel.read_bytes() != b"untouched"
+    sentinel.write_bytes(b"untouched")
+    monkeypatch.setattr(demo_data.cv2, "__version__", "0.0.1")  # a library that paints
+    build_demo_dataset(tmp_path, **SMALL)
+    assert sentinel.read_bytes() != b"untouched"
 
 
 def test_refuses_foreign_folder_and_bad_arguments(tmp_path):
