@@ -80,6 +80,12 @@ class SynthesisDataset(Dataset):
         # int64 holds epochs from 2**63 on as their two's complement, undone by ``epoch``.
         self._epoch.fill_(epoch - 2**64 if epoch >= 2**63 else epoch)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A deep copy or unpickled dataset holds its epoch in shared memory too: in private
+        memory, workers forked from it would keep seeing the epoch they started with."""
+        self.__dict__.update(state)
+        self._epoch.share_memory_()  # a no-op where a worker receives the shared original
+
     def __len__(self) -> int:
         return len(self.sources)
 

@@ -366,6 +366,12 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     device = checked_device(name)
     if device.type == "cuda":
         if device.index is None:
+            count = torch.cuda.device_count()
+            if local_rank >= count:  # torch's own error comes from deep inside set_device
+                raise ValueError(
+                    f"process LOCAL_RANK {local_rank} has no GPU: this machine has {count} "
+                    f"CUDA device(s); start at most {count} torchrun processes per node"
+                )
             device = torch.device("cuda", local_rank)
         elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise ValueError(

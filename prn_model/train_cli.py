@@ -308,7 +308,12 @@ def _config_file(path: Path) -> dict[str, Any]:
     """TrainConfig values from a run's config.json; keys it lacks (options added since) take
     their defaults. ``stop_at_step`` is dropped: a re-run trains the whole schedule."""
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))  # JSON is UTF-8 (RFC 8259)
+    except UnicodeDecodeError as error:  # else a bare codec message that names no file
+        raise ValueError(
+            f"--config {str(path)!r} is not UTF-8 text (a config.json): {error.reason} at byte "
+            f"{error.start}"
+        ) from None
     except json.JSONDecodeError as error:
         raise ValueError(f"--config {str(path)!r} is not valid JSON: {error}") from None
     if not isinstance(values, dict):

@@ -3,9 +3,11 @@ the combinators (strategy-specific suites check the other transforms)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import pickle
 import re
 
 import numpy as np
@@ -234,6 +236,28 @@ def test_set_epoch_reaches_persistent_workers(normal_dir):
     for epoch in (5, 2**64 - 1):  # the whole seed range, beyond int64
         dataset.set_epoch(epoch)
         assert dataset.epoch == epoch and type(dataset.epoch) is int
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda d: pickle.loads(pickle.dumps(d))])
+def test_copied_dataset_epoch_reaches_forked_workers(normal_dir, duplicate):
+    """A deep copy or unpickled dataset gets its own epoch, in shared memory again: forked
+    persistent workers would otherwise keep their copy-on-write view of epoch 0."""
+    original = SynthesisDataset(
+        normal_dir, OneOf([Normal(), PerlinTexturePaste()]), size=32, seed=3
+    )
+    dataset = duplicate(original)
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        num_workers=1,
+        persistent_workers=True,
+        multiprocessing_context="fork",
+    )
+    next(iter(loader))  # workers start at epoch 0
+    dataset.set_epoch(1)
+    assert original.epoch == 0
+    expected = torch.stack([dataset[i]["image"] for i in range(2)])
+    assert torch.equal(next(iter(loader))["image"], expected)
 
 
 def test_dataset_items_are_seeded_by_seed_epoch_and_index(normal_dir):

@@ -799,3 +799,14 @@ def test_a_gpu_this_machine_lacks_is_named_before_training(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device 'cuda:3' requested but this machine has 1 CUDA"):
         _resolve_device("cuda:3", local_rank=0)
+
+
+def test_a_torchrun_process_past_the_gpu_count_is_named(monkeypatch: pytest.MonkeyPatch):
+    """--nproc_per_node above the GPU count: LOCAL_RANK 1 on a one-GPU machine has no GPU."""
+    from prn_model.train import _resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 has no GPU: this machine has 1 CUDA"):
+        _resolve_device("cuda", local_rank=1)

@@ -86,6 +86,9 @@ def test_config_option_starts_from_a_runs_config_json_and_options_override_it(
     path.write_text("{")
     with pytest.raises(ValueError, match="is not valid JSON"):
         parse_args(["--config", str(path)])
+    path.write_bytes(b"\xff\xfe{}")  # not text: named, not a bare codec error
+    with pytest.raises(ValueError, match=r"config\.json' is not UTF-8 text .* at byte 0"):
+        parse_args(["--config", str(path)])
     with pytest.raises(SystemExit):
         parse_args(["--config", str(path), "--model", "prn_lite0_mtd_band"])
     assert "not allowed with argument" in capsys.readouterr().err
