@@ -56,6 +56,17 @@ FEATURE_STRIDES = (4, 8, 16, 32)
 # bicubic resizing while still catching 0..255 images or images that were already normalised.
 _RANGE_TOLERANCE = 1e-2
 
+
+def check_unit_range(images: Tensor, name: str = "images") -> None:
+    """A ValueError naming ``name`` unless its values lie in [0, 1] (NaN fails too)."""
+    low, high = torch.aminmax(images.detach())
+    if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):
+        raise ValueError(
+            f"{name} must hold finite values in [0, 1] (not 0..255, not normalised), "
+            f"got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+
+
 # torchvision's published ImageNet checkpoints. A module-level dict so that tests (or a local
 # mirror) can point an entry at another URL, e.g. a file:// URL.
 WEIGHT_URLS: dict[str, str] = {
@@ -115,13 +126,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
         if images.numel() == 0:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
-        low, high = torch.aminmax(images)
-        # Written so that NaN fails the check too.
-        if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):
-            raise ValueError(
-                f"images must be in [0, 1] (not 0..255, not pre-normalised), "
-                f"got values in [{low.item():.4g}, {high.item():.4g}]"
-            )
+        check_unit_range(images)
         images = images.to(self.mean.dtype).expand(-1, 3, -1, -1)
         return (images - self.mean) / self.std
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from prn_model.backbones import _RANGE_TOLERANCE
+from prn_model.backbones import check_unit_range
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_TYPE = "good"
@@ -390,12 +390,7 @@ def resize_image(image: torch.Tensor, size: Size) -> torch.Tensor:
     if image.numel() == 0:
         raise ValueError(f"image is empty: {tuple(image.shape)}")
     # Resizing clips to [0, 1]: a 0..255 image would come out white, NaN would pass.
-    low, high = torch.aminmax(image.detach())
-    if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # NaN fails too
-        raise ValueError(
-            f"image must hold finite values in [0, 1] (not 0..255, not normalised), "
-            f"got values in [{low.item():.4g}, {high.item():.4g}]"
-        )
+    check_unit_range(image, "image")
     hw = _parse_size(size)
     if hw is None:
         raise ValueError("size must be a positive int or (height, width), got None")

@@ -45,7 +45,8 @@ from torch import Tensor, nn
 
 from anomgen.preview import check_output_folder
 from prn_model.atomic import staged_file
-from prn_model.network import _RANGE_TOLERANCE, PRN
+from prn_model.backbones import _RANGE_TOLERANCE
+from prn_model.network import PRN
 
 # The TorchScript-based exporter. Torch 2.5 added the `dynamo` one, which needs the package
 # onnxscript and is the default in recent releases (2.13 here); before 2.5 there was no choice.

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prn_model.backbones import check_unit_range, create_backbone
 from prn_model.data import resize_image
 from prn_model.memory_bank import PatchMemoryBank, patch_features
 from prn_model.prototypes import MATCHING_MODES, PrototypeBank
@@ -42,9 +43,6 @@ __all__ = [
     "valid_patch_divisors",
 ]
 
-# Same tolerance as the backbones: admits float rounding and mild resampling overshoot while
-# still rejecting 0..255 or already-normalised images.
-_RANGE_TOLERANCE = 1e-2
 # Initial probability of "anomalous" for every pixel (focal-loss prior, Lin et al. 2017): most
 # pixels are normal, and starting near 0.01 keeps the first focal-loss steps from being dominated
 # by the abundant easy negatives.
@@ -434,12 +432,7 @@ def _check_images(images: Any, name: str = "images") -> None:
         )
     if not images.is_floating_point():
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
-    low, high = torch.aminmax(images.detach())
-    if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # NaN fails too
-        raise ValueError(
-            f"{name} must hold finite values in [0, 1] (not 0..255, not normalised), "
-            f"got values in [{low.item():.4g}, {high.item():.4g}]"
-        )
+    check_unit_range(images, name)
 
 
 def _sync_config_after_load(module: PRN, _incompatible_keys: Any) -> None:
@@ -467,8 +460,6 @@ class PRN(nn.Module):
             raise ValueError(f"config must be a PRNConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)
         if backbone is None:
-            from prn_model.backbones import create_backbone
-
             backbone = create_backbone(
                 config.backbone, pretrained=pretrained, weights_path=weights_path
             )
