@@ -40,6 +40,32 @@ def test_shape_dtype_device_range_preserved(name, size, channels, dtype, device)
     assert not torch.equal(out, img)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", list(OPS))
+def test_an_image_that_requires_grad_gives_the_same_values_and_a_gradient(
+    name, channels, dtype, device
+):
+    """Autograd cannot follow OpenCV (the blur's CPU code) nor take out= arguments (the
+    noise's): a tracked image takes other code paths, which must agree to the bit."""
+    img = image(channels).to(device=device, dtype=dtype)
+    img[:, :4, :4] = 0.0
+    img[:, 4:8, :4] = 1.0
+    expected = OPS[name](img)
+    tracked = img.clone().requires_grad_()
+    out = OPS[name](tracked)
+    assert torch.equal(out.detach(), expected)
+    out.sum().backward()
+    assert tracked.grad.shape == img.shape and torch.isfinite(tracked.grad).all()
+
+
+def test_blur_gradient_is_right():
+    generator = torch.Generator().manual_seed(0)
+    img = torch.rand((3, 9, 11), generator=generator, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: C.gaussian_blur(x, 1.2), (img,), eps=1e-7)
+
+
 def test_noise_is_deterministic_in_its_seed():
     img = image()
     first = C.gaussian_noise(img, 0.05, 123)

@@ -321,6 +321,86 @@ def test_hue_saturation_matches_opencv_hsv(hue, saturation):
     )
 
 
+# ------------------------------------------------------------------------- autograd
+
+
+def with_edge_pixels(image: torch.Tensor) -> torch.Tensor:
+    """``image`` with black, white and grey pixels and ties between channels, where the
+    gradients of log, division and step functions can blow up."""
+    image = image.clone()
+    image[:, :3, :3] = 0.0
+    image[:, 3:6, :3] = 1.0
+    image[:, 6:9, :3] = 0.5
+    if image.shape[0] == 3:
+        image[1, 9:12, :3] = image[2, 9:12, :3]  # green == blue
+        image[0, 12:15, :3] = image[1, 12:15, :3]  # red == green
+    return image
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_an_image_that_requires_grad_gives_the_same_values_and_a_gradient(
+    name, channels, dtype, device
+):
+    """Autograd refuses out= arguments and changes to tensors it saved, and cannot follow
+    OpenCV: a tracked image takes other code paths, which must agree to the bit."""
+    image = with_edge_pixels(texture(channels, 23, 37)).to(device=device, dtype=dtype)
+    params = FIXED[name](channels)
+    expected = P.PHOTOMETRIC_AUGMENTERS[name].apply(image, **params)
+    tracked = image.clone().requires_grad_()
+    out = P.PHOTOMETRIC_AUGMENTERS[name].apply(tracked, **params)
+    assert torch.equal(out.detach(), expected)
+    if name == "equalize":  # a lookup table of pixel counts: no gradient to give
+        assert not out.requires_grad
+        return
+    out.sum().backward()
+    assert tracked.grad.shape == image.shape and torch.isfinite(tracked.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_hue_saturation_tracked_code_matches_the_in_place_code(seed, dtype):
+    generator = torch.Generator().manual_seed(seed)
+    image = with_edge_pixels(torch.rand((3, 31, 29), generator=generator, dtype=dtype))
+    hue, saturation = (torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1).tolist()
+    fast = P.hue_saturation(image, hue, saturation)
+    assert torch.equal(P._hue_saturation_tracked(image, hue, saturation), fast)
+    tracked = P.hue_saturation(image.clone().requires_grad_(), hue, saturation)
+    assert tracked.requires_grad and torch.equal(tracked.detach(), fast)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda img: P.gamma(img, [0.6, 1.4, 1.9]),
+        lambda img: P.sharpness(img, 1.8),
+        lambda img: P.hue_saturation(img, 0.15, 0.2),
+        lambda img: P.hue_saturation(img, -0.4, -0.3),
+        lambda img: P.rotate(img, 33.0),
+    ],
+    ids=["gamma", "sharpness", "hue_saturation", "hue_saturation_down", "rotate"],
+)
+def test_gradients_of_the_tracked_code_are_right(call):
+    """Checked against finite differences, away from the kinks (ties, clipping, black)."""
+    generator = torch.Generator().manual_seed(0)
+    image = 0.1 + 0.8 * torch.rand((3, 9, 11), generator=generator, dtype=torch.float64)
+    image.requires_grad_()
+    assert torch.autograd.gradcheck(call, (image,), eps=1e-7, atol=1e-5)
+
+
+def test_black_and_grey_pixels_get_zero_gradient_where_it_is_undefined():
+    """gamma's 2 ** (g log2 x) would give black pixels 0 * inf = NaN; hue_saturation's grey
+    pixels have no hue, whose gradient there would be 1 / tiny."""
+    image = with_edge_pixels(texture(3, 20, 20)).requires_grad_()
+    P.gamma(image, [0.5, 2.0, 1.0]).sum().backward()
+    assert torch.isfinite(image.grad).all() and (image.grad[:, :3, :3] == 0).all()
+    image.grad = None
+    P.hue_saturation(image, 0.2, 0.3).sum().backward()
+    assert torch.isfinite(image.grad).all()
+
+
 # -------------------------------------------------------------------------- sampling
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomgen.core import check_int, finite_number
-from anomgen.functional.photometric import check_image
+from anomgen.functional.photometric import _untracked_values, check_image
 
 __all__ = ["color_shift", "draw_scratches", "gaussian_blur", "gaussian_noise", "scratch"]
 
@@ -73,6 +73,7 @@ def _reflect_indices(size: int, radius: int, device: torch.device) -> Tensor:
     return torch.minimum(folded, period - folded)
 
 
+@_untracked_values
 def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur with reflect padding (no edge darkening).
 

@@ -39,9 +39,11 @@ Deviations from imgaug:
 
 float32 images on the CPU run ``sharpness``, ``rotate`` and the histograms through
 OpenCV (1.5-2x faster there); other devices and dtypes run torch code that the tests
-hold to the same results. Pixel values are assumed to be in [0, 1] and are not checked
-(a min/max pass costs as much as the cheaper ops): anomgen validates images where they
-enter a transform. Shapes, dtypes and every parameter are checked.
+hold to the same results. An image that requires grad gets the same values, to the bit,
+and the torch code's gradient (``equalize``, a lookup of pixel counts, has none). Pixel
+values are assumed to be in [0, 1] and are not checked (a min/max pass costs as much as
+the cheaper ops): anomgen validates images where they enter a transform. Shapes, dtypes
+and every parameter are checked.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, wraps
 from typing import Any
 
 import cv2
@@ -158,6 +160,26 @@ def _log2(img: Tensor) -> Tensor:
     return torch.log2(img)
 
 
+def _untracked_values(op: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Make ``op(img, ...)`` give the same values whether or not autograd tracks ``img``.
+
+    On the CPU ``op`` runs OpenCV or numpy, which autograd cannot follow, unless ``img``
+    requires grad; its torch code then differs in the last bits (rotations by up to 1/32
+    of the step between neighbours under OpenCV 4). So a tracked call also runs ``op`` on
+    the detached image and returns those values with the torch code's gradient: ``out -
+    out.detach()`` is exactly 0.
+    """
+
+    @wraps(op)
+    def wrapper(img: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        out = op(img, *args, **kwargs)
+        if not (isinstance(img, Tensor) and img.requires_grad and img.device.type == "cpu"):
+            return out
+        return out - out.detach() + op(img.detach(), *args, **kwargs)
+
+    return wrapper
+
+
 def _level_counts(img: Tensor) -> tuple[Tensor, np.ndarray | Tensor]:
     """(C, 256) int64 counts of each channel's uint8 levels, and the levels for ``_lookup``.
 
@@ -190,13 +212,20 @@ def _lookup(img: Tensor, levels: np.ndarray | Tensor, table: Tensor) -> Tensor:
 # ------------------------------------------------------------------------- augmenters
 
 
+@_untracked_values
 def gamma(img: Tensor, gammas: Sequence[float]) -> Tensor:
     """imgaug GammaContrast: ``img ** gammas[c]`` per channel (gamma > 0)."""
     check_image(img)
     values = _per_channel("gammas", gammas, img.shape[0], 1e-6, 1e6)
     exponents = _constant(values, img).view(-1, 1, 1)
     # 2 ** (g * log2 x): x in [0, 1] keeps the result in [0, 1]; log2(0) = -inf maps to 0.
-    return _log2(img).mul_(exponents).exp2_()
+    if not img.requires_grad:
+        return _log2(img).mul_(exponents).exp2_()
+    # Under autograd black pixels would get the gradient 0 * inf = NaN: they take the log
+    # of 1 instead, and their 0 is put back without a gradient.
+    positive = img > 0
+    powered = torch.where(positive, img, 1.0).log2().mul_(exponents).exp2_()
+    return torch.where(positive, powered, 0.0)
 
 
 def brightness(img: Tensor, mul: float, add: float) -> Tensor:
@@ -218,6 +247,7 @@ def brightness(img: Tensor, mul: float, add: float) -> Tensor:
     return (img + shift).clamp_(0.0, 1.0)
 
 
+@_untracked_values
 def sharpness(img: Tensor, factor: float) -> Tensor:
     """PIL ImageEnhance.Sharpness: blend of the image with its SMOOTH-filtered copy.
 
@@ -244,9 +274,13 @@ def sharpness(img: Tensor, factor: float) -> Tensor:
         rows = img[:, :, :-2] + img[:, :, 1:-1]
         rows += img[:, :, 2:]
         interior = out[:, 1:-1, 1:-1]
-        torch.add(rows[:, :-2], rows[:, 1:-1], out=interior)
-        interior += rows[:, 2:]  # 3x3 sums
-        interior.mul_(side).add_(img[:, 1:-1, 1:-1], alpha=centre - side)
+        # Summed straight into the output, unless autograd tracks ``img``: it refuses out=
+        # arguments, so the same sums then get a fresh tensor, copied in.
+        sums = torch.add(rows[:, :-2], rows[:, 1:-1], out=None if img.requires_grad else interior)
+        sums += rows[:, 2:]  # 3x3 sums
+        sums.mul_(side).add_(img[:, 1:-1, 1:-1], alpha=centre - side)
+        if sums is not interior:
+            interior.copy_(sums)
     out[:, 0], out[:, -1] = img[:, 0], img[:, -1]
     out[:, :, 0], out[:, :, -1] = img[:, :, 0], img[:, :, -1]
     return out.clamp_(0.0, 1.0)
@@ -270,7 +304,8 @@ def hue_saturation(img: Tensor, hue_shift: float, saturation_shift: float) -> Te
     saturation_shift = finite_number("saturation_shift", saturation_shift, -1.0, 1.0)
     if img.shape[0] == 1:
         return img.clone()
-    step_scale = _step_scale(img.dtype)
+    if img.requires_grad:
+        return _hue_saturation_tracked(img, hue_shift, saturation_shift)
     red, green, blue = img.unbind(0)
     gb_max = torch.maximum(green, blue)
     gb_min = torch.minimum(green, blue)
@@ -278,19 +313,10 @@ def hue_saturation(img: Tensor, hue_shift: float, saturation_shift: float) -> Te
     second = torch.minimum(red, gb_max)  # the larger of the two non-maximal channels
     chroma = torch.minimum(second, gb_min)
     torch.sub(value, chroma, out=chroma)
-    # Steps "green >= blue" and "red is the maximum" (see _step_scale), then the hue sector
-    # offset: 0 (red max, g >= b), -1 (red max, g < b), -1/3 (green max), 2/3 (blue max),
-    # = (2/3 - g_ge_b) + r_max * (2 * g_ge_b - 5/3).
-    g_ge_b = torch.sub(green, blue)
-    torch.add(_scalar(1.0, img), g_ge_b, alpha=step_scale, out=g_ge_b).clamp_(0.0, 1.0)
-    r_max = torch.sub(red, gb_max)
-    torch.add(_scalar(1.0, img), r_max, alpha=step_scale, out=r_max).clamp_(0.0, 1.0)
-    hue = torch.add(_scalar(2 / 3, img), g_ge_b, alpha=-1.0)
-    torch.add(_scalar(-5 / 3, img), g_ge_b, alpha=2.0, out=g_ge_b)
-    hue.addcmul_(r_max, g_ge_b)
+    hue, spare, spare_too = _hue_sector(red, green, blue, gb_max)
     # hue = |sector + (second - min(g, b)) / (6 * chroma)| in turns, in [0, 1).
-    torch.add(_scalar(torch.finfo(img.dtype).tiny, img), chroma, alpha=6.0, out=g_ge_b)
-    hue.add_(second.sub_(gb_min).div_(g_ge_b)).abs_()
+    torch.add(_scalar(torch.finfo(img.dtype).tiny, img), chroma, alpha=6.0, out=spare)
+    hue.add_(second.sub_(gb_min).div_(spare)).abs_()
     # S' = clip(S + s) with S = chroma / value: chroma' = clip(chroma + s * value, 0, value).
     torch.add(chroma, value, alpha=saturation_shift, out=chroma).clamp_(min=0.0)
     torch.minimum(chroma, value, out=chroma)
@@ -298,14 +324,64 @@ def hue_saturation(img: Tensor, hue_shift: float, saturation_shift: float) -> Te
     # HSV->RGB: channel = min' + chroma' * clip(2 - 6 * tri(h + offset), 0, 1), with tri the
     # distance to the nearest integer, |frac(x + 1/2) - 1/2| for x > -1/2, and the
     # offsets 0, -1/3, +1/3 (+ the shift) for red, green and blue.
-    shift = hue_shift % 1.0
-    offsets = _constant([0.5 + shift, 0.5 - 1 / 3 + shift, 0.5 + 1 / 3 + shift], img)
-    phase = hue + offsets.view(3, 1, 1)
+    phase = hue + _channel_offsets(hue_shift, img)
     phase.frac_().sub_(0.5).abs_()
-    top = torch.add(new_min, chroma, alpha=2.0, out=r_max)
+    top = torch.add(new_min, chroma, alpha=2.0, out=spare_too)
     phase = torch.addcmul(top, chroma.mul_(-6.0), phase, out=phase)
     torch.maximum(phase, new_min, out=phase)
     return torch.minimum(phase, value, out=phase)
+
+
+def _hue_sector(
+    red: Tensor, green: Tensor, blue: Tensor, gb_max: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The hue's sector offset, and two spare buffers of its shape (for reuse).
+
+    From the steps "green >= blue" and "red is the maximum" (see ``_step_scale``): 0 (red
+    max, g >= b), -1 (red max, g < b), -1/3 (green max), 2/3 (blue max), which is
+    (2/3 - g_ge_b) + r_max * (2 * g_ge_b - 5/3).
+    """
+    step_scale = _step_scale(red.dtype)
+    g_ge_b = torch.sub(green, blue)
+    torch.add(_scalar(1.0, red), g_ge_b, alpha=step_scale, out=g_ge_b).clamp_(0.0, 1.0)
+    r_max = torch.sub(red, gb_max)
+    torch.add(_scalar(1.0, red), r_max, alpha=step_scale, out=r_max).clamp_(0.0, 1.0)
+    sector = torch.add(_scalar(2 / 3, red), g_ge_b, alpha=-1.0)
+    torch.add(_scalar(-5 / 3, red), g_ge_b, alpha=2.0, out=g_ge_b)
+    return sector.addcmul_(r_max, g_ge_b), g_ge_b, r_max
+
+
+def _channel_offsets(hue_shift: float, like: Tensor) -> Tensor:
+    """(3,1,1) phase offsets of red, green and blue for HSV->RGB, plus 1/2 and the shift."""
+    shift = hue_shift % 1.0
+    return _constant([0.5 + shift, 0.5 - 1 / 3 + shift, 0.5 + 1 / 3 + shift], like).view(3, 1, 1)
+
+
+def _hue_saturation_tracked(img: Tensor, hue_shift: float, saturation_shift: float) -> Tensor:
+    """``hue_saturation`` for an image that autograd tracks: the same ops in the same order
+    (so the same values), out of place, as autograd refuses out= arguments and in-place
+    changes to tensors it saved.
+
+    The sector is a step function, constant almost everywhere: it is found without
+    gradient (its ramps have the slope ``_step_scale``, 2**126 in float32). Grey pixels
+    have no hue: they divide 0 by infinity, not by ``tiny``, which keeps their hue at 0
+    without a gradient of 1 / tiny.
+    """
+    red, green, blue = img.unbind(0)
+    gb_max, gb_min = torch.maximum(green, blue), torch.minimum(green, blue)
+    value, second = torch.maximum(red, gb_max), torch.minimum(red, gb_max)
+    chroma = value - torch.minimum(second, gb_min)
+    with torch.no_grad():
+        sector = _hue_sector(red, green, blue, gb_max)[0]
+    divisor = torch.add(_scalar(torch.finfo(img.dtype).tiny, img), chroma, alpha=6.0)
+    divisor = torch.where(chroma > 0, divisor, math.inf)
+    hue = (sector + (second - gb_min) / divisor).abs()
+    chroma = torch.add(chroma, value, alpha=saturation_shift).clamp(min=0.0)
+    chroma = torch.minimum(chroma, value)
+    new_min = value - chroma
+    phase = (hue + _channel_offsets(hue_shift, img)).frac().sub(0.5).abs()
+    phase = torch.addcmul(torch.add(new_min, chroma, alpha=2.0), chroma * -6.0, phase)
+    return torch.minimum(torch.maximum(phase, new_min), value)
 
 
 def solarize(img: Tensor, threshold: float) -> Tensor:
@@ -399,6 +475,7 @@ def equalize(img: Tensor) -> Tensor:
     return _lookup(img, levels, table)
 
 
+@_untracked_values
 def rotate(img: Tensor, angle_deg: float) -> Tensor:
     """imgaug Affine(rotate=...): rotate about the image centre, bilinear, zeros outside.
 
