@@ -484,6 +484,22 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
     return OneOf(parts, weights=weights)
 
 
+def training_dataset(
+    config: TrainConfig, split: Split, transform: AnomalyTransform
+) -> tuple[int, SynthesisDataset]:
+    """The run's input channel count and its synthesis dataset over the normal training images.
+
+    One channel count for every image of the run (what exports should expect, too).
+    """
+    channels = image_channels([*split.train_normal, *split.few_shot, *split.test])
+    dataset = SynthesisDataset(
+        [load_image(r.image, config.image_size, channels == 1) for r in split.train_normal],
+        transform,
+        seed=config.seed,
+    )
+    return channels, dataset
+
+
 class _StepBatches:
     """Batch sampler yielding the (index, epoch) pairs of each step from ``start`` on.
 
@@ -695,13 +711,7 @@ def _run(
         records = read_records(config, out.parent / ".cache")
     split = config_split(config, records)
     transform = build_transform(config, split)
-    # One channel count for every image of the run (what exports should expect, too).
-    channels = image_channels([*split.train_normal, *split.few_shot, *split.test])
-    dataset = SynthesisDataset(
-        [load_image(r.image, config.image_size, channels == 1) for r in split.train_normal],
-        transform,
-        seed=config.seed,
-    )
+    channels, dataset = training_dataset(config, split, transform)
     model_config = config.model_config()
     start, payload = 0, None
     if resuming:
