@@ -82,9 +82,8 @@ def features_with_grad(model: PRN, images: Tensor) -> list[Tensor]:
 
 
 def refit_prototypes(model: PRN, normals: Tensor, seed: int) -> None:
-    was_training = model.training
+    """Prototypes from the encoder as it is now, with the first fit's images and seed."""
     model.fit_prototypes(normals, n_images=len(normals), seed=seed)
-    model.train(was_training)
 
 
 def finetune_run(
