@@ -83,6 +83,11 @@ def _positive_ints(name: str, value: Any, length: int | None = None) -> tuple[in
     return tuple(_positive_int(name, v) for v in value)
 
 
+def unknown_fields(values: Mapping[str, Any], cls: type) -> list[str]:
+    """The keys of ``values`` that are no field of dataclass ``cls``, sorted (typos, mostly)."""
+    return sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+
+
 @dataclass
 class PRNConfig:
     """Hyper-parameters of PRN; plain types only, so ``to_dict()`` is YAML-able.
@@ -194,10 +199,10 @@ class PRNConfig:
         """Inverse of ``to_dict``; unknown keys are an error (they are usually typos)."""
         if not isinstance(values, Mapping):
             raise ValueError(f"config must be a mapping, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = unknown_fields(values, cls)
         if unknown:
-            raise ValueError(f"unknown PRNConfig keys {unknown}; known keys: {sorted(known)}")
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown PRNConfig keys {unknown}; known keys: {known}")
         return cls(**values)
 
 

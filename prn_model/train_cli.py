@@ -23,7 +23,7 @@ from anomgen.functional.band import EDGE_SIDES
 from anomgen.transforms.seen import POSITIONS
 from prn_model.backbones import list_backbones
 from prn_model.data import SPLIT_UNITS
-from prn_model.network import INTENSITY_NORMALISATIONS
+from prn_model.network import INTENSITY_NORMALISATIONS, unknown_fields
 from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import DATASETS, PATH_FIELDS, SIMULATION_STRATEGIES, TrainConfig, run
 from prn_model.zoo import list_models, train_settings
@@ -318,8 +318,7 @@ def _config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config {str(path)!r} is not valid JSON: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {str(path)!r} must hold a JSON object of TrainConfig values")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = unknown_fields(values, TrainConfig)
     if unknown:
         raise ValueError(f"--config {str(path)!r} has unknown TrainConfig keys {unknown}")
     return {**dataclasses.asdict(TrainConfig()), **values, "stop_at_step": None}

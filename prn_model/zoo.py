@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prn_model.devices import checked_device
-from prn_model.network import PRN, PRNConfig
+from prn_model.network import PRN, PRNConfig, unknown_fields
 from prn_model.train import TrainConfig, load_checkpoint
 
 __all__ = [
@@ -388,10 +388,10 @@ _ADDED_WITH_OLD_BEHAVIOUR = {
 
 
 def _unknown_keys(values: dict[str, Any], cls: type, what: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = unknown_fields(values, cls)
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"unknown {what} {unknown}; known: {known}")
 
 
 def _trained_model_config(train: dict[str, Any]) -> PRNConfig:
