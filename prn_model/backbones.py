@@ -88,7 +88,8 @@ class FeatureExtractor(nn.Module):
     """Frozen backbone returning feature maps at strides 4, 8, 16 and 32.
 
     ``body`` maps normalised (B, 3, H, W) images to four maps with ``channels`` channels;
-    this wrapper validates inputs, normalises them and keeps everything frozen.
+    this wrapper validates inputs, normalises them and keeps its BatchNorm statistics frozen.
+    Its parameters are frozen too, unless ``blocks_from`` hands some to fine-tuning.
     """
 
     def __init__(
@@ -113,6 +114,15 @@ class FeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Ignore ``mode``: a parent's ``.train()`` must not let BatchNorm update its statistics."""
         return super().train(False)
+
+    def blocks_from(self, stride: int) -> list[nn.Module]:
+        """The modules that compute the map at ``stride`` and every deeper one, without those
+        below its tap: what encoder fine-tuning trains (``PRN.unfreeze_encoder``)."""
+        if stride not in FEATURE_STRIDES:
+            raise ValueError(f"stride must be one of {FEATURE_STRIDES}, got {stride!r}")
+        if not callable(getattr(self.body, "blocks_from", None)):
+            raise ValueError(f"backbone {self.name!r} does not name its blocks to fine-tune")
+        return self.body.blocks_from(FEATURE_STRIDES.index(stride))
 
     def normalize(self, images: Tensor) -> Tensor:
         """Validate [0, 1] images (C=1 or 3) and apply this backbone's input normalisation."""
@@ -348,6 +358,10 @@ class ResNet(nn.Module):
         blocks += [block(out_planes, planes, 1, None, base_width) for _ in range(1, num_blocks)]
         return nn.Sequential(*blocks)
 
+    def blocks_from(self, stage: int) -> list[nn.Module]:
+        """The modules that compute feature map ``stage`` (0-3) and every deeper one."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4][stage:]
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features = []
@@ -420,6 +434,11 @@ class _EfficientNetLiteBody(nn.Module):
         # Keep the package's module names so its checkpoints map one-to-one onto ``net``.
         self.net = net
         self.taps = tuple(taps)
+
+    def blocks_from(self, stage: int) -> list[nn.Module]:
+        """The MBConv blocks after the tap of feature map ``stage - 1`` (all of them for 0)."""
+        first = self.taps[stage - 1] + 1 if stage else 0
+        return list(self.net._blocks[first:])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))

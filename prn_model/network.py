@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prn_model.backbones import check_unit_range, create_backbone
+from prn_model.backbones import FEATURE_STRIDES, check_unit_range, create_backbone
 from prn_model.data import resize_image
 from prn_model.memory_bank import PatchMemoryBank, patch_features
 from prn_model.prototypes import MATCHING_MODES, PrototypeBank
@@ -449,8 +449,9 @@ class PRN(nn.Module):
     """Prototypical Residual Network: frozen backbone + prototypes + trainable PRN head.
 
     ``forward`` returns anomaly *logits* (B, 1, H, W) for images at ``config.image_size``;
-    ``predict`` handles images of any size. The backbone stays frozen and in eval mode (its
-    BatchNorm statistics never change) even when the model is put in training mode.
+    ``predict`` handles images of any size. The backbone stays in eval mode (its BatchNorm
+    statistics never change) even when the model is put in training mode, and frozen unless
+    ``unfreeze_encoder`` hands its deepest blocks to the optimizer.
     """
 
     def __init__(
@@ -553,10 +554,38 @@ class PRN(nn.Module):
                 f"{tuple(images.shape[-2:])}; use predict() for other sizes"
             )
 
+    def unfreeze_encoder(self, from_stride: int) -> list[nn.Parameter]:
+        """Make the encoder trainable from the map at ``from_stride`` (8, 16 or 32) on; returns
+        those parameters for the optimizer. BatchNorm statistics stay frozen.
+
+        PRN's encoder is frozen; training its deepest blocks too adapts the features to the
+        data (docs/results.md). Maps at ``from_stride`` and deeper change, so prototypes of
+        those scales must be refitted as training goes (``prn_model.train`` does).
+        """
+        strides = FEATURE_STRIDES[1:]
+        if from_stride not in strides:
+            raise ValueError(f"from_stride must be one of {strides}, got {from_stride!r}")
+        blocks_from = getattr(self.backbone, "blocks_from", None)
+        if not callable(blocks_from):
+            raise ValueError("this backbone has no blocks_from(stride): it cannot be fine-tuned")
+        parameters = [p for block in blocks_from(from_stride) for p in block.parameters()]
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        return parameters
+
+    def freeze_encoder(self) -> None:
+        """Undo ``unfreeze_encoder``: no encoder parameter takes gradients."""
+        self.backbone.requires_grad_(False)
+
+    @property
+    def encoder_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
     def extract_features(self, images: Tensor) -> list[Tensor]:
-        """Frozen backbone features at strides 4, 8, 16, 32 (no autograd graph)."""
+        """Backbone features at strides 4, 8, 16, 32; with an autograd graph only for the
+        blocks ``unfreeze_encoder`` made trainable (and when grad mode is on)."""
         self._check_input(images)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_trainable):
             if self.config.intensity_normalisation == "image":
                 images = normalise_intensity(images)
             return list(self.backbone(images))

@@ -56,6 +56,7 @@ from anomgen.transforms import (
 )
 from anomgen.transforms.seen import POSITIONS
 from prn_model.atomic import staged_file, write_text_atomic
+from prn_model.backbones import FEATURE_STRIDES
 from prn_model.data import (
     SPLIT_UNITS,
     Record,
@@ -88,6 +89,8 @@ __all__ = [
 
 CHECKPOINT_VERSION = 1
 DATASETS = ("demo", "mvtec", "mtd", "folder")
+# TrainConfig.encoder_from_stride: 0 keeps the encoder frozen (PRN), else PRN.unfreeze_encoder's.
+ENCODER_FROM_STRIDES = (0, 8, 16, 32)
 # Simulated-anomaly strategies a run can mix (``TrainConfig.simulated``), in equal shares.
 # "texture" pastes from --textures (DTD), or from the image itself when none are given;
 # "self_texture" always pastes an augmented copy of the image itself; "band" replaces a
@@ -168,6 +171,14 @@ class TrainConfig:
     memory_bank_size: int = 0
     memory_bank_weight: float = 0.5
     intensity_normalisation: str = "none"
+    # Encoder fine-tuning (0: PRN's frozen encoder): train the encoder from the map at this
+    # stride on, at encoder_lr_scale x lr; when that changes prototyped maps, refit the
+    # prototypes every prototype_refit_every steps and train the head alone on the final ones
+    # for the last head_only_steps (docs/prn.md, "Fine-tuning the encoder").
+    encoder_from_stride: int = 0
+    encoder_lr_scale: float = 0.1
+    prototype_refit_every: int = 300
+    head_only_steps: int = 200
     checkpoint_every: int = 100
     num_workers: int = 0
     device: str = "auto"
@@ -185,6 +196,21 @@ class TrainConfig:
         if self.stop_at_step is not None:
             _check_int("stop_at_step", self.stop_at_step, 1, self.steps)
         self.lr = _check_number("lr", self.lr, positive=True)
+        if self.encoder_from_stride not in ENCODER_FROM_STRIDES:
+            raise ValueError(
+                f"encoder_from_stride must be one of {ENCODER_FROM_STRIDES}, "
+                f"got {self.encoder_from_stride!r}"
+            )
+        self.encoder_lr_scale = _check_number(
+            "encoder_lr_scale", self.encoder_lr_scale, positive=True
+        )
+        _check_int("prototype_refit_every", self.prototype_refit_every, 1)
+        # A run that refits prototypes ends with a head-only tail (the head must learn the final
+        # prototypes), which must leave steps before it; other runs have none.
+        if self.refits_prototypes:
+            _check_int("head_only_steps", self.head_only_steps, 1, self.steps - 1)
+        else:
+            _check_int("head_only_steps", self.head_only_steps, 0)
         self.weight_decay = _check_number("weight_decay", self.weight_decay)
         for name in ("pretrained", "use_residuals"):
             if not isinstance(getattr(self, name), bool):
@@ -249,6 +275,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def refits_prototypes(self) -> bool:
+        """Whether the fine-tuned encoder blocks feed prototyped maps (strides 4 to 16)."""
+        deepest = FEATURE_STRIDES[PRNConfig.n_prototype_scales - 1]
+        return 0 < self.encoder_from_stride <= deepest
 
     def model_config(self) -> PRNConfig:
         """The network this run trains (the zoo checks its entries against this)."""
@@ -730,12 +762,13 @@ def _run(
         if overwrite and not resuming:
             _clear_run(out)
         _record_run(out, config, command, resuming, dist_.world)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.steps))
+    # Refitting needs the prototypes' images again, also in a resumed run.
+    normals = None
+    if payload is None or config.refits_prototypes:
+        rows = prototype_rows(split, config.prototype_share, config.seed)
+        normals = torch.stack([dataset.load(row) for row in rows])
     if payload is not None:
         # The scheduler exists before the optimizer state is loaded: creating it resets lr.
         model.load_state_dict(payload["model"])
@@ -746,14 +779,14 @@ def _run(
         # Checkpoints written before train_seconds was stored lack it: only new time counts.
         earlier_seconds = float(payload.get("train_seconds", 0.0))
     else:
-        rows = prototype_rows(split, config.prototype_share, config.seed)
-        normals = torch.stack([dataset.load(row) for row in rows])
         model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
+    head_only_from = config.steps - config.head_only_steps if config.refits_prototypes else None
+    if head_only_from is not None and start > head_only_from:
+        model.freeze_encoder()
     if dist_.main:
         write_text_atomic(out / "manifest.json", split.to_json())
         write_text_atomic(out / "recipe.json", json.dumps(transform.to_dict(), indent=2))
 
-    network: torch.nn.Module = model
     if dist_.world > 1:
         if device.type == "cuda":
             # The head's BatchNorm then normalises over the global batch, as one process
@@ -763,9 +796,17 @@ def _run(
         # another stride on the size-1 axis than the parameter: the same memory layout, yet
         # DDP warns once per rank. Only that case is silenced.
         warnings.filterwarnings("ignore", message=_DEPTHWISE_STRIDES_WARNING, category=UserWarning)
-        network = DistributedDataParallel(
+
+    def wrapped() -> torch.nn.Module:
+        """The model under DDP (a new wrapper after a refit or the encoder's freeze: DDP
+        registers parameters and buffers once, and its construction syncs them from rank 0)."""
+        if dist_.world == 1:
+            return model
+        return DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+
+    network = wrapped()
     criterion = PRNLoss()
     loader = DataLoader(
         dataset,
@@ -796,6 +837,11 @@ def _run(
         return seconds
 
     for batch in loader:
+        if head_only_from is not None and _refit_due(step, head_only_from, config):
+            if step == head_only_from:
+                model.freeze_encoder()
+            model.fit_prototypes(normals, n_images=len(normals), seed=config.seed)
+            network = wrapped()
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -814,6 +860,7 @@ def _run(
             progress.close()
             return None
     progress.close()
+    model.freeze_encoder()  # from stride 32 it trained to the end
     fingerprints = _rank_fingerprints(model, dist_)
     if not dist_.main:
         return None
@@ -829,6 +876,22 @@ def _run(
     write_text_atomic(out / "metrics.json", json.dumps(nan_to_none(metrics), indent=2))
     write_text_atomic(out / "summary.md", _summary(metrics, config, split))
     return metrics
+
+
+def _optimizer(model: PRN, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the head, and over the encoder blocks ``config`` fine-tunes at their rate."""
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if config.encoder_from_stride:
+        encoder = model.unfreeze_encoder(config.encoder_from_stride)
+        groups.append({"params": encoder, "lr": config.lr * config.encoder_lr_scale})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _refit_due(step: int, head_only_from: int, config: TrainConfig) -> bool:
+    """Whether the prototypes are refitted before training step ``step`` (from 0): every
+    ``prototype_refit_every`` steps, and once more as the head-only tail starts."""
+    every = config.prototype_refit_every
+    return step == head_only_from or (0 < step < head_only_from and step % every == 0)
 
 
 def memory_bank_split(n_normal: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,14 @@ from prn_model.backbones import list_backbones
 from prn_model.data import SPLIT_UNITS
 from prn_model.network import INTENSITY_NORMALISATIONS, unknown_fields
 from prn_model.prototypes import MATCHING_MODES
-from prn_model.train import DATASETS, PATH_FIELDS, SIMULATION_STRATEGIES, TrainConfig, run
+from prn_model.train import (
+    DATASETS,
+    ENCODER_FROM_STRIDES,
+    PATH_FIELDS,
+    SIMULATION_STRATEGIES,
+    TrainConfig,
+    run,
+)
 from prn_model.zoo import list_models, train_settings
 
 
@@ -251,6 +258,32 @@ def parse_args(
         default=defaults.intensity_normalisation,
         help="image: bring every image to one grey-level mean and contrast before the backbone, "
         "so exposure differences are not anomalies (MTD; docs/results.md)",
+    )
+    parser.add_argument(
+        "--encoder-from-stride",
+        type=int,
+        choices=ENCODER_FROM_STRIDES,
+        default=defaults.encoder_from_stride,
+        help="0: PRN's frozen encoder; 8, 16 or 32: fine-tune the encoder from the map at this "
+        "stride on (docs/prn.md; 16 localises best on MTD)",
+    )
+    parser.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=defaults.encoder_lr_scale,
+        help="the fine-tuned encoder blocks' learning rate as a multiple of --lr",
+    )
+    parser.add_argument(
+        "--prototype-refit-every",
+        type=int,
+        default=defaults.prototype_refit_every,
+        help="steps between prototype refits while the encoder maps they match change",
+    )
+    parser.add_argument(
+        "--head-only-steps",
+        type=int,
+        default=defaults.head_only_steps,
+        help="last steps that train the head alone on the final prototypes (after refits)",
     )
     parser.add_argument(
         "--recipe",

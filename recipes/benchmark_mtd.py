@@ -284,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     )
     known = first.parse_known_args(argv)[0]
     from prn_model.data import SPLIT_UNITS
+    from prn_model.train import ENCODER_FROM_STRIDES
     from prn_model.zoo import train_settings
 
     model = known.model or DEFAULT_MODELS[known.dataset]
@@ -393,6 +394,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         choices=["none", "image"],
         default=zoo["intensity_normalisation"],
         help="image: one grey-level mean and contrast for every image (docs/results.md)",
+    )
+    parser.add_argument(
+        "--encoder-from-stride",
+        type=int,
+        choices=ENCODER_FROM_STRIDES,
+        default=zoo["encoder_from_stride"],
+        help="0: frozen encoder (PRN); 8, 16, 32: fine-tune it from that stride on (docs/prn.md)",
+    )
+    parser.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=zoo["encoder_lr_scale"],
+        help="the fine-tuned encoder blocks' learning rate as a multiple of the head's",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument(

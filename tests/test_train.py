@@ -532,7 +532,14 @@ def test_recipe_cli_errors():
     assert "needs --root" in result.stderr
 
 
-def test_torchrun_two_cpu_processes_agree(tmp_path):
+# Fine-tuning from stride 16 refits the prototypes before step 1 and freezes the encoder
+# before step 2, each time under a new DDP wrapper.
+@pytest.mark.parametrize(
+    "fine_tuning",
+    [[], ["--encoder-from-stride", "16", "--prototype-refit-every", "1", "--head-only-steps", "1"]],
+    ids=["frozen", "fine-tuned"],
+)
+def test_torchrun_two_cpu_processes_agree(tmp_path, fine_tuning):
     """DDP on gloo: two ranks, each with half of every batch, end with identical weights."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "ddp"
@@ -561,6 +568,7 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
             "cpu",
             "--out",
             str(out),
+            *fine_tuning,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -575,7 +583,9 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
     # Rank 0 alone records the run: one config, one command line naming both processes.
     assert json.loads((out / "config.json").read_text())["batch_size"] == 4
     (command,) = (out / "command.txt").read_text().splitlines()
-    assert command.endswith(f"--out {out}  # under torchrun, 2 processes")
+    assert command.endswith(
+        f"--out {out}{''.join(' ' + a for a in fine_tuning)}  # under torchrun, 2 processes"
+    )
     assert "python recipes/train_prn.py --backbone resnet18" in command
     first, second = metrics["rank_fingerprints"]
     assert first == second and first > 0
