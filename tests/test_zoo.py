@@ -19,6 +19,7 @@ EXPECTED_MODELS = [
     "prn_lite0_mtd",
     "prn_lite0_mtd_band",
     "prn_lite0_mtd_bank",
+    "prn_lite0_mtd_finetuned",
     "prn_lite0_mtd_inplace",
     "prn_lite0_mtd_normalised",
     "prn_lite0_mtd_original",
