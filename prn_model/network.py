@@ -579,6 +579,7 @@ class PRN(nn.Module):
 
     @property
     def encoder_trainable(self) -> bool:
+        """Whether any encoder parameter takes gradients (``unfreeze_encoder``)."""
         return any(p.requires_grad for p in self.backbone.parameters())
 
     def extract_features(self, images: Tensor) -> list[Tensor]:

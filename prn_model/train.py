@@ -879,7 +879,8 @@ def _run(
 
 
 def _optimizer(model: PRN, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the head, and over the encoder blocks ``config`` fine-tunes at their rate."""
+    """AdamW over the head and, when ``config`` fine-tunes the encoder, over the encoder
+    blocks it unfreezes here, at their own rate."""
     groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if config.encoder_from_stride:
         encoder = model.unfreeze_encoder(config.encoder_from_stride)

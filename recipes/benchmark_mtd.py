@@ -140,6 +140,12 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
             else ""
         )
         + (
+            f"the encoder fine-tuned from stride {args.encoder_from_stride} on at "
+            f"{args.encoder_lr_scale:g} x the learning rate, "
+            if args.encoder_from_stride
+            else ""
+        )
+        + (
             f"maps fused with a memory bank of {args.memory_bank_size} normal patch vectors "
             f"(weight {args.memory_bank_weight:g}), "
             if args.memory_bank_size
@@ -407,6 +413,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         type=float,
         default=zoo["encoder_lr_scale"],
         help="the fine-tuned encoder blocks' learning rate as a multiple of the head's",
+    )
+    parser.add_argument(
+        "--prototype-refit-every",
+        type=int,
+        default=zoo["prototype_refit_every"],
+        help="steps between prototype refits while fine-tuning changes their maps",
+    )
+    parser.add_argument(
+        "--head-only-steps",
+        type=int,
+        default=zoo["head_only_steps"],
+        help="last steps that train the head alone on the final prototypes (after refits)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument(

@@ -242,6 +242,14 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     args += ["--simulated", "texture", "band", "--band-sides", "top", "bottom"]
     args += ["--original-weight", "0.5", "--intensity-normalisation", "image"]
     args += ["--augmented-original-weight", "0.5"]
+    args += [
+        "--encoder-from-stride",
+        "16",
+        "--prototype-refit-every",
+        "1",
+        "--head-only-steps",
+        "1",
+    ]
     args += ["--out", str(tmp_path / "runs"), "--report", str(report)]
     assert main(args) == 0
     text = report.read_text()
@@ -252,6 +260,7 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     assert "anomalous images themselves at weight 0.5 (normal 2, seen 1, simulated 1)" in text
     assert "images with a seen or simulated anomaly added on top at weight 0.5" in text
     assert "every image brought to one grey-level mean and contrast before the backbone" in text
+    assert "the encoder fine-tuned from stride 16 on at 0.1 x the learning rate" in text
     for defect in ("Blowhole", "Break", "Crack", "Fray", "Uneven"):
         assert f"| {defect} | " in text
     threads = torch.get_num_threads()
