@@ -113,7 +113,7 @@ _MIX_WEIGHTS = (
     "original_weight",
     "augmented_original_weight",
 )
-# TrainConfig's paths; the recipe stores them absolute, older checkpoints may hold them relative.
+# TrainConfig's paths; run() stores them absolute, older checkpoints may hold them relative.
 FOLDER_FIELDS = ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures")
 FILE_FIELDS = ("weights", "recipe")
 PATH_FIELDS = FOLDER_FIELDS + FILE_FIELDS
@@ -275,6 +275,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with its folders and files absolute, as runs store it: a checkpoint
+        names the same data when re-scored or resumed from another working folder."""
+        return dataclasses.replace(
+            self,
+            **{
+                key: str(Path(value).expanduser().resolve())
+                for key in PATH_FIELDS
+                if (value := getattr(self, key)) is not None
+            },
+        )
 
     @property
     def refits_prototypes(self) -> bool:
@@ -665,6 +677,7 @@ def run(
     """
     out = Path(out_dir)
     _check_out_dir(out, resume, overwrite)
+    config = config.with_absolute_paths()
     device = _resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     dist_ = _init_distributed(device)
     try:

@@ -28,7 +28,6 @@ from prn_model.prototypes import MATCHING_MODES
 from prn_model.train import (
     DATASETS,
     ENCODER_FROM_STRIDES,
-    PATH_FIELDS,
     SIMULATION_STRATEGIES,
     TrainConfig,
     run,
@@ -330,11 +329,7 @@ def parse_args(
     values["pretrained"] = defaults.pretrained and not args.no_pretrained
     values["use_residuals"] = defaults.use_residuals and not args.no_residuals
     values["normal_weight"], values["seen_weight"], values["simulated_weight"] = args.mix
-    # Stored absolute, so the checkpoint can be re-scored from any working folder.
-    for key in PATH_FIELDS:
-        if values[key] is not None:
-            values[key] = str(Path(values[key]).expanduser().resolve())
-    return TrainConfig(**values), args.out, args.resume, args.overwrite
+    return TrainConfig(**values).with_absolute_paths(), args.out, args.resume, args.overwrite
 
 
 def _config_file(path: Path) -> dict[str, Any]:

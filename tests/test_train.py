@@ -246,6 +246,18 @@ def test_resume_accepts_relative_paths_of_older_checkpoints(tmp_path, monkeypatc
     assert load_checkpoint(path)["step"] == 6
 
 
+def test_run_stores_relative_paths_given_through_the_python_api_absolute(tmp_path, monkeypatch):
+    # prn-train resolves its paths itself; a TrainConfig built in Python is resolved by run().
+    (tmp_path / "textures").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "textures" / "noise.png")
+    monkeypatch.chdir(tmp_path)
+    run(tiny_train_config(stop_at_step=2, textures="textures"), "run")
+    absolute = str((tmp_path / "textures").resolve())
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["textures"] == absolute
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]["textures"] == absolute
+
+
 def test_a_folder_mixing_grey_and_colour_images_trains_in_colour(tmp_path):
     config = tiny_train_config(**mixed_channel_folder(tmp_path), n_anomalies=2, steps=2)
     metrics = run(config, tmp_path / "run")
