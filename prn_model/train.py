@@ -617,21 +617,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    # Options added since the checkpoint was written take their defaults.
+    # Options added since the checkpoint was written take their defaults. A relative path
+    # (checkpoints written before paths were stored absolute) names the same folder as its
+    # absolute form when resumed from the same working folder.
     try:
-        saved = TrainConfig.from_dict(saved).to_dict()
+        saved = TrainConfig.from_dict(saved).with_absolute_paths().to_dict()
     except ValueError as error:  # e.g. a folder it names is gone
         raise ValueError(
             f"checkpoint {str(path)!r} was written by a configuration that is not valid here "
             f"({error}); use a new --out directory"
         ) from None
-    current = config.to_dict()
-    # A relative path (checkpoints written before paths were stored absolute) names the same
-    # folder as its absolute form when resumed from the same working folder.
-    for values in (saved, current):
-        for key in PATH_FIELDS:
-            if values.get(key) is not None:
-                values[key] = str(Path(values[key]).expanduser().resolve())
+    current = config.with_absolute_paths().to_dict()
     differing = sorted(
         k
         for k in set(saved) | set(current)

@@ -264,7 +264,7 @@ def parse_args(
         choices=ENCODER_FROM_STRIDES,
         default=defaults.encoder_from_stride,
         help="0: PRN's frozen encoder; 8, 16 or 32: fine-tune the encoder from the map at this "
-        "stride on (docs/prn.md; 16 localises best on MTD)",
+        "stride on (docs/prn.md; on MTD 16 gives most of the gain, docs/results.md)",
     )
     parser.add_argument(
         "--encoder-lr-scale",

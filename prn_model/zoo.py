@@ -345,7 +345,7 @@ _ENTRIES = [
         name="prn_lite0_mtd_finetuned",
         description="prn_lite0_mtd_normalised with the encoder fine-tuned from stride 16 on "
         "(at 0.1x the head's learning rate, BatchNorm statistics frozen; prototypes refitted "
-        "every 300 steps, the last 200 steps train the head alone). Best localisation on MTD, "
+        "every 300 steps, the last 200 steps train the head alone). The zoo's best MTD localiser, "
         "at about 1.7x the training time (docs/results.md; pass root=; textures= for DTD).",
         model=_MTD_NORMALISED_MODEL,
         train={**_MTD_NORMALISED_TRAIN, "encoder_from_stride": 16},
