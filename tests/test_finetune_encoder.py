@@ -179,6 +179,13 @@ def test_the_fine_tuned_zoo_entry_is_the_mtd_default_with_a_fine_tuned_encoder(t
     assert {k: v for k, v in finetuned.items() if default[k] != v} == {"encoder_from_stride": 16}
 
 
+def test_the_fine_tuned_unseen_tile_entry_differs_from_its_base_in_the_encoder_only(tmp_path):
+    finetuned = train_config("prn_lite0_mtd_unseen_finetuned", root=str(tmp_path)).to_dict()
+    unseen = train_config("prn_lite0_mtd_unseen", root=str(tmp_path)).to_dict()
+    assert {k: v for k, v in finetuned.items() if unseen[k] != v} == {"encoder_from_stride": 16}
+    assert (finetuned["split_by"], finetuned["prototype_share"]) == ("group", 0.5)
+
+
 def test_a_backbone_without_named_blocks_cannot_be_fine_tuned():
     model = PRN(tiny_train_config().model_config(), pretrained=False)
     model.backbone.body = torch.nn.Identity()

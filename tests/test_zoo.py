@@ -24,6 +24,7 @@ EXPECTED_MODELS = [
     "prn_lite0_mtd_normalised",
     "prn_lite0_mtd_original",
     "prn_lite0_mtd_unseen",
+    "prn_lite0_mtd_unseen_finetuned",
     "prn_resnet18_mvtec",
     "prn_wide_resnet50_2",
 ]
