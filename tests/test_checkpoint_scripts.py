@@ -15,6 +15,7 @@ SCRIPTS = (
     "ablate_flip_tta",
     "ablate_map_smoothing",
     "ablate_top_k",
+    "analyse_image_errors",
     "analyse_pixel_errors",
     "fusion_upper_bound",
     "sweep_memory_bank_weight",
