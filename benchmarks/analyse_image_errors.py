@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from prn_model.metrics import auroc
 
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks._cli import load_run  # noqa: E402
 from benchmarks.analyse_pixel_errors import (  # noqa: E402
     load_test_masks,
+    near_defects,
     probabilities,
     standardised_maps,
 )
@@ -89,13 +88,7 @@ def image_errors(
     threshold = np.quantile(scores[normal], quantile)
     where = peaks(maps)
     rows, cols = where[:, 0], where[:, 1]
-    near_defect = (
-        F.max_pool2d(
-            torch.from_numpy(masks).float()[:, None], 2 * margin + 1, stride=1, padding=margin
-        )[:, 0].numpy()
-        > 0
-    )
-    peak_on_defect = near_defect[np.arange(len(maps)), rows, cols]
+    peak_on_defect = near_defects(masks, margin)[np.arange(len(maps)), rows, cols]
     per_type = {}
     for name in ["all", *dict.fromkeys(types[labels == 1])]:
         chosen = labels == 1 if name == "all" else (types == name) & (labels == 1)

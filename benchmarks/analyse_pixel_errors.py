@@ -84,6 +84,14 @@ def probabilities(model: PRN, maps: Tensor) -> Tensor:
     return torch.sigmoid(logit_mean + logit_std * maps)
 
 
+def near_defects(masks: np.ndarray, margin: int) -> np.ndarray:
+    """(N, H, W) boolean: pixels within ``margin`` pixels (square neighbourhood) of a defect."""
+    dilated = F.max_pool2d(
+        torch.from_numpy(masks).float()[:, None], 2 * margin + 1, stride=1, padding=margin
+    )
+    return dilated[:, 0].numpy() > 0
+
+
 def error_sources(
     maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, types: list, margin: int
 ) -> dict[str, tuple[float, ...]]:
@@ -95,12 +103,7 @@ def error_sources(
     types = np.array(types, dtype=object)
     ground = ~masks
     normal_images = ground & (labels == 0)[:, None, None]
-    near = (
-        F.max_pool2d(
-            torch.from_numpy(masks).float()[:, None], 2 * margin + 1, stride=1, padding=margin
-        )[:, 0].numpy()
-        > 0
-    )
+    near = near_defects(masks, margin)
     normal_p99 = np.quantile(maps[normal_images], 0.99)
     table = {}
     for name in ["all", *dict.fromkeys(types[labels == 1])]:
