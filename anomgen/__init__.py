@@ -11,6 +11,7 @@ from anomgen.io import AnomalyPool, TexturePool, list_images, read_image, read_m
 from anomgen.presets import PRESETS, build_preset
 from anomgen.transforms import (
     Compose,
+    Crack,
     CutPaste,
     CutPasteScar,
     EdgeBandPaste,
@@ -33,6 +34,7 @@ __all__ = [
     "AnomalyPool",
     "AnomalyTransform",
     "Compose",
+    "Crack",
     "CutPaste",
     "CutPasteScar",
     "EdgeBandPaste",

@@ -43,6 +43,7 @@ from anomgen.functional.band import EDGE_SIDES
 from anomgen.preview import save_png_atomic
 from anomgen.transforms import (
     Compose,
+    Crack,
     CutPaste,
     CutPasteScar,
     EdgeBandPaste,
@@ -94,7 +95,8 @@ ENCODER_FROM_STRIDES = (0, 8, 16, 32)
 # Simulated-anomaly strategies a run can mix (``TrainConfig.simulated``), in equal shares.
 # "texture" pastes from --textures (DTD), or from the image itself when none are given;
 # "self_texture" always pastes an augmented copy of the image itself; "band" replaces a
-# band from one image edge with the mirrored, altered image (region-level texture change).
+# band from one image edge with the mirrored, altered image (region-level texture change);
+# "crack" draws long thin dark lines heading crack_angle degrees (90: down the image).
 _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
     "texture": lambda config: PerlinTexturePaste(textures=config.textures),
     "self_texture": lambda config: PerlinTexturePaste(textures=None),
@@ -102,6 +104,7 @@ _SIMULATIONS: dict[str, Callable[[TrainConfig], AnomalyTransform]] = {
     "cutpaste": lambda config: CutPaste(),
     "poisson": lambda config: PoissonPatch(),
     "corruption": lambda config: LocalCorruption(),
+    "crack": lambda config: Crack(angle=tuple(config.crack_angle)),
     "band": lambda config: EdgeBandPaste(sides=tuple(config.band_sides)),
 }
 SIMULATION_STRATEGIES = tuple(_SIMULATIONS)
@@ -161,6 +164,7 @@ class TrainConfig:
     seen_rotation: list[float] = field(default_factory=lambda: [-90.0, 90.0])
     simulated: list[str] = field(default_factory=lambda: ["texture", "scar"])
     band_sides: list[str] = field(default_factory=lambda: list(EDGE_SIDES))
+    crack_angle: list[float] = field(default_factory=lambda: [0.0, 180.0])
     use_residuals: bool = True
     prototype_ratio: float = 0.1
     prototype_share: float = 1.0
@@ -234,17 +238,8 @@ class TrainConfig:
             raise ValueError(
                 f"seen_position must be one of {POSITIONS}, got {self.seen_position!r}"
             )
-        rotation = self.seen_rotation
-        if (
-            not isinstance(rotation, list | tuple)
-            or len(rotation) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in rotation)
-            or not -360 <= rotation[0] <= rotation[1] <= 360
-        ):
-            raise ValueError(
-                f"seen_rotation must be [min, max] degrees in [-360, 360], got {rotation!r}"
-            )
-        self.seen_rotation = [float(v) for v in rotation]
+        self.seen_rotation = _degree_range("seen_rotation", self.seen_rotation)
+        self.crack_angle = _degree_range("crack_angle", self.crack_angle)
         for name in _MIX_WEIGHTS:
             setattr(self, name, _check_number(name, getattr(self, name)))
         # Without few-shot anomalies only the normal and simulated parts are drawn.
@@ -369,6 +364,18 @@ def _names(key: str, values: Any, known: Sequence[str], distinct: bool) -> list[
         what = "distinct names" if distinct else "names"
         raise ValueError(f"{key} must be {what} among {tuple(known)}, got {values!r}")
     return list(values)
+
+
+def _degree_range(key: str, value: Any) -> list[float]:
+    """``value`` as ``[min, max]`` floats, checked to be degrees in [-360, 360]."""
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        or not -360 <= value[0] <= value[1] <= 360
+    ):
+        raise ValueError(f"{key} must be [min, max] degrees in [-360, 360], got {value!r}")
+    return [float(v) for v in value]
 
 
 # ----------------------------------------------------------------------------- distributed

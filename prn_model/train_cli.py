@@ -173,6 +173,14 @@ def parse_args(
         help="image edges the 'band' strategy starts from",
     )
     parser.add_argument(
+        "--crack-angle",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=defaults.crack_angle,
+        help="headings of the 'crack' strategy's lines in degrees (0 across, 90 down the image)",
+    )
+    parser.add_argument(
         "--mix",
         type=float,
         nargs=3,

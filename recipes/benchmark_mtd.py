@@ -119,8 +119,7 @@ def _report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"{' '.join(map(str, args.attention_divisors))}, real defects pasted at "
         f"{args.seen_position} positions rotated by {args.seen_rotation[0]:g} to "
         f"{args.seen_rotation[1]:g} degrees, simulated anomalies "
-        f"{' + '.join(args.simulated)}"
-        + (f" (bands from {' / '.join(args.band_sides)})" if "band" in args.simulated else "")
+        f"{' + '.join(args.simulated)}{_simulation_details(args)}"
         + (
             f", the few-shot anomalous images themselves at weight {args.original_weight:g} "
             f"(normal {args.mix[0]:g}, seen {args.mix[1]:g}, simulated {args.mix[2]:g})"
@@ -372,6 +371,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         help="image edges the 'band' strategy starts from",
     )
     parser.add_argument(
+        "--crack-angle",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=zoo["crack_angle"],
+        help="headings of the 'crack' strategy's lines in degrees (0 across, 90 down the image)",
+    )
+    parser.add_argument(
         "--original-weight",
         type=float,
         default=zoo["original_weight"],
@@ -463,6 +470,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 def _without_paths(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that change the results (the data folders' locations do not)."""
     return {key: value for key, value in settings.items() if key not in ("root", "textures")}
+
+
+def _simulation_details(args: argparse.Namespace) -> str:
+    """The settings of the simulated strategies that have any, in brackets ("" if none)."""
+    details = []
+    if "band" in args.simulated:
+        details.append(f"bands from {' / '.join(args.band_sides)}")
+    if "crack" in args.simulated:
+        details.append(f"cracks heading {args.crack_angle[0]:g} to {args.crack_angle[1]:g} degrees")
+    return f" ({'; '.join(details)})" if details else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -225,6 +225,8 @@ def test_bad_settings_and_a_failing_seed_are_reported(tmp_path: Path, capsys):
     assert "memory_bank_size" in capsys.readouterr().err
     assert main([*common, "--simulated", "band", "--band-sides", "up"]) == 2
     assert "band_sides" in capsys.readouterr().err
+    assert main([*common, "--simulated", "crack", "--crack-angle", "90", "0"]) == 2
+    assert "crack_angle" in capsys.readouterr().err
     # An empty folder is no MTD dataset: the seed's process fails, and the benchmark says so
     # instead of waiting forever for its metrics.
     assert main([*common, "--seeds", "3", "--image-size", "64"]) == 1
@@ -239,7 +241,8 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     args += ["--model", "prn_lite0_mtd", "--image-size", "64", "--steps", "2", "--seeds", "0"]
     args += ["--prototype-matching"]
     args += ["patch", "--attention-divisors", "1", "2", "--seen-position", "source"]
-    args += ["--simulated", "texture", "band", "--band-sides", "top", "bottom"]
+    args += ["--simulated", "texture", "band", "crack", "--band-sides", "top", "bottom"]
+    args += ["--crack-angle", "80", "100"]
     args += ["--original-weight", "0.5", "--intensity-normalisation", "image"]
     args += ["--augmented-original-weight", "0.5"]
     args += [
@@ -256,8 +259,9 @@ def test_tiny_real_mtd_benchmark_writes_every_metric(shared_data: Path, tmp_path
     assert "Zoo entry `prn_lite0_mtd` with the command's options." in text
     assert "patch prototype matching (ratio 0.1), attention divisors 1 2" in text
     assert "pasted at source positions rotated by -90 to 90 degrees" in text
-    assert "simulated anomalies texture + band (bands from top / bottom), the few-shot" in text
-    assert "anomalous images themselves at weight 0.5 (normal 2, seen 1, simulated 1)" in text
+    assert "simulated anomalies texture + band + crack (bands from top / bottom; cracks " in text
+    assert "heading 80 to 100 degrees), the few-shot anomalous images themselves" in text
+    assert "themselves at weight 0.5 (normal 2, seen 1, simulated 1)" in text
     assert "images with a seen or simulated anomaly added on top at weight 0.5" in text
     assert "every image brought to one grey-level mean and contrast before the backbone" in text
     assert "the encoder fine-tuned from stride 16 on at 0.1 x the learning rate" in text

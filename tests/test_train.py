@@ -366,6 +366,17 @@ def test_band_sides_reach_the_band_strategy(tmp_path):
             tiny_train_config(band_sides=bad)
 
 
+def test_crack_angle_reaches_the_crack_strategy(tmp_path):
+    config = tiny_train_config(simulated=["crack"], crack_angle=(80, 100))
+    split = make_split(read_records(config, tmp_path), 3, seed=0)
+    (crack,) = build_transform(config, split).transforms[-1].transforms
+    assert crack.angle == (80.0, 100.0) and config.crack_angle == [80.0, 100.0]
+    assert tiny_train_config().crack_angle == [0.0, 180.0]
+    for bad in ([100, 80], [90], "90 90", [0, 400], [False, 1]):
+        with pytest.raises(ValueError, match="crack_angle"):
+            tiny_train_config(crack_angle=bad)
+
+
 def test_original_weight_adds_the_few_shot_images_to_the_mix(tmp_path):
     config = tiny_train_config(original_weight=0.5)
     split = make_split(read_records(config, tmp_path), 3, seed=0)
@@ -492,7 +503,7 @@ def test_recipe_parses_ablation_switches():
     config, out, *_ = parse_args(
         ["--attention-divisors", "1", "2", "--mix", "2", "0", "1", "--no-residuals"]
         + ["--simulated", "self_texture", "band", "--prototype-matching", "patch"]
-        + ["--band-sides", "top", "bottom"]
+        + ["--band-sides", "top", "bottom", "--crack-angle", "80", "100"]
         + ["--seen-position", "source", "--seen-rotation", "-10", "10"]
         + ["--memory-bank-size", "4096", "--memory-bank-weight", "0.25"]
         + ["--intensity-normalisation", "image", "--split-by", "group"]
@@ -504,7 +515,7 @@ def test_recipe_parses_ablation_switches():
     assert config.model_config().prototype_matching == "patch"
     assert config.attention_divisors == [1, 2]
     assert config.simulated == ["self_texture", "band"]
-    assert config.band_sides == ["top", "bottom"]
+    assert config.band_sides == ["top", "bottom"] and config.crack_angle == [80.0, 100.0]
     assert (config.normal_weight, config.seen_weight, config.simulated_weight) == (2, 0, 1)
     assert config.use_residuals is False and out == Path("runs/prn")
 
