@@ -36,6 +36,7 @@ TRANSFORMS = {
     "EdgeBandPaste": lambda: ag.EdgeBandPaste(n_augmenters=4, augmenters=ALL_AUGMENTERS),
     "EdgeBandPaste/textures": lambda: ag.EdgeBandPaste(textures=TEXTURES),
     "LocalCorruption": lambda: ag.LocalCorruption(),
+    "Crack": lambda: ag.Crack(),
     "Normal": lambda: ag.Normal(),
     "PerlinTexturePaste": lambda: ag.PerlinTexturePaste(n_augmenters=5),
     "PerlinTexturePaste/textures": lambda: ag.PerlinTexturePaste(textures=TEXTURES),
