@@ -2,8 +2,8 @@
 
 Real cracks in ceramics and castings are not the short straight scratches of
 ``corruptions.scratch``: they run for a sizeable part of the part, mostly along one
-direction (MTD's ``Crack`` masks: a median 0.18 of the image diagonal, 3 px wide, three
-quarters within 10 degrees of vertical) and darken the surface by a quarter to a third
+direction (MTD's ``Crack`` masks: a median 0.18 of the image diagonal, 3 px wide, 58 %
+within 10 degrees of vertical) and darken the surface by a quarter to a third
 without hiding its texture. This module turns explicit geometry into such lines.
 """
 
