@@ -77,16 +77,16 @@ class Crack(AnomalyTransform):
         middle = main[len(main) // 2]
         main = [[x + center[0] - middle[0], y + center[1] - middle[1]] for x, y in main]
         lines = [main]
+        branch_steps = max(1, self.steps // 2)
         for _ in range(random_int(generator, *self.branches)):
-            vertex = random_int(generator, 1, self.steps) if self.steps > 1 else 1
+            vertex = random_int(generator, 1, self.steps)
             side = 1.0 if random_int(generator, 0, 1) else -1.0
             course = headings[vertex - 1] + side * random_uniform(generator, *self.branch_angle)
-            steps = max(1, self.steps // 2)
             lines.append(
                 crack_path(
                     main[vertex],
                     length * random_uniform(generator, *self.branch_length),
-                    self._headings(generator, course, steps),
+                    self._headings(generator, course, branch_steps),
                 )
             )
         return {
