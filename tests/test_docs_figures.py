@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomgen.core import derive_seed, registered_transforms
+from anomgen.io import read_image
 from docs import make_demo_figure, make_preview
 from prn_model.train import run
 from tests.conftest import expect_usage_error, tiny_train_config
@@ -62,3 +64,18 @@ def test_preview_figure_writes_where_it_is_told(tmp_path, capsys):
     out = tmp_path / "preview.png"
     assert make_preview.main(["--out", str(out)]) == 0
     assert Image.open(out).size[0] > 0 and f"wrote {out}" in capsys.readouterr().out
+
+
+def test_preview_shows_every_synthesis_transform_twice(tmp_path):
+    # Compositions, the identity and the few-shot images themselves synthesize nothing.
+    not_synthesis = {"Compose", "OneOf", "SomeOf", "RandomApply", "Normal", "RealAnomalyImage"}
+    folders = make_preview.write_inputs(tmp_path)
+    transform = make_preview.every_strategy(folders)
+    names = {type(child).__name__ for child in transform.transforms}
+    assert names == set(registered_transforms()) - not_synthesis
+    image = read_image(sorted(folders["normal"].iterdir())[0])
+    drawn = [
+        transform(image, seed=derive_seed(make_preview.SEED, k)).meta["strategy"].split(":")[0]
+        for k in range(make_preview.SAMPLES)
+    ]
+    assert sorted(drawn) == sorted(2 * list(names))
