@@ -34,12 +34,14 @@ class Crack(AnomalyTransform):
 
     Unlike ``LocalCorruption``'s short straight scratches, a crack runs ``length`` of the
     image diagonal in a direction from ``angle`` (degrees; 0 across, 90 down the image),
-    in ``steps`` straight steps whose headings wiggle by up to ``wander`` degrees about
-    it, centred on a random pixel. ``branches`` side cracks leave it at random vertices,
-    ``branch_angle`` degrees off its heading to either side, ``branch_length`` of its
-    length. Lines are ``thickness`` px wide and darken the image by the fraction
-    ``depth`` (multiplicatively, so the texture shows through). The mask is every pixel
-    the lines touch; the rest of the image is unchanged.
+    in ``steps`` straight steps, centred on a random pixel. Each step turns by up to
+    ``wander`` degrees and keeps 60 % of the previous deviation, so the heading wiggles
+    about the course (never more than 2.5 x ``wander`` off it) instead of drifting away.
+    ``branches`` side cracks leave it at random vertices, ``branch_angle`` degrees off its
+    heading to either side, ``branch_length`` of its length. Lines are ``thickness`` px
+    wide and darken the image by the fraction ``depth`` (multiplicatively, so the texture
+    shows through). The mask is every pixel the lines touch; the rest of the image is
+    unchanged.
     """
 
     length: tuple[float, float] = (0.1, 0.5)
