@@ -1,8 +1,9 @@
 """Putting a patch into an image: alpha paste and Poisson (seamless) blending.
 
-Both return ``(image, mask)`` where the (1,H,W) mask marks exactly the pixels that
-changed by more than ``MIN_CHANGE`` in some channel; every other pixel is copied back
-from the target, so it is bit-identical to the input. Positions are (row, column).
+Both return ``(image, mask)`` with a (1,H,W) mask, and copy every pixel outside that mask
+back from the target, so it stays bit-identical to the input. ``paste`` marks the patch's
+whole footprint; ``poisson_blend`` marks the pixels that changed by more than
+``MIN_CHANGE`` in some channel. Positions are (row, column).
 """
 
 from __future__ import annotations
@@ -29,14 +30,6 @@ def _check_patch(patch: torch.Tensor, patch_mask: torch.Tensor) -> None:
         raise ValueError(
             f"patch mask has shape {tuple(patch_mask.shape)}, patch {tuple(patch.shape)}"
         )
-
-
-def _keep_changes(
-    target: torch.Tensor, candidate: torch.Tensor, region: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take ``candidate`` only where it differs from ``target`` by more than MIN_CHANGE."""
-    changed = region & ((candidate - target).abs().amax(dim=0, keepdim=True) > MIN_CHANGE)
-    return torch.where(changed, candidate, target), changed.to(target.dtype)
 
 
 def paste(
