@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type[AnomalyTransform]] = {}
-# Images whose mean absolute change inside the mask stays below this are not anomalous.
+# A sample is anomalous when some masked pixel changed by more than this in some channel.
 _MIN_CHANGE = 1e-6
 _MAX_ATTEMPTS = 10
 # torch.Generator.manual_seed takes seeds below this.
@@ -125,8 +125,11 @@ def check_seeds(seeds: Any, n: int | None = None) -> list[int]:
 
 
 def finite_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a float, or a ValueError naming it when not finite and in [low, high]."""
+    """``value`` as a float, or a ValueError naming it when not finite and in [low, high].
+    A string is refused, not parsed: a setting is a number, not text that looks like one."""
     try:
+        if isinstance(value, str | bytes):
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
@@ -184,7 +187,7 @@ def check_keys(name: str, params: Any, keys: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"{name} parameters must be a dict, got {params!r:.80}")
     missing = [k for k in keys if k not in params]
     if missing:
-        raise ValueError(f"{name} parameters lack {missing}; got keys {sorted(params)}")
+        raise ValueError(f"{name} parameters lack {missing}; got keys {sorted(params, key=str)}")
     return params
 
 
@@ -233,7 +236,6 @@ class _InputKind:
     kind: str  # "tensor", "numpy" or "pil"
     batched: bool
     dtype: Any = None
-    device: Any = None
     pil_mode: str | None = None
     numpy_channels: int | None = None  # None: the input was (H,W)
 
@@ -273,7 +275,7 @@ def to_tensor_image(image: Any) -> tuple[torch.Tensor, _InputKind]:
                 "tensor images must hold finite values in [0, 1], "
                 f"got [{float(low)}, {float(high)}]"
             )
-        kind = _InputKind("tensor", image.ndim == 4, image.dtype, image.device)
+        kind = _InputKind("tensor", image.ndim == 4, image.dtype)
         batch = image if image.ndim == 4 else image.unsqueeze(0)
         return batch.float(), kind
     raise TypeError(f"unsupported image type {type(image).__name__}: use a tensor, numpy or PIL")
@@ -484,9 +486,7 @@ class AnomalyTransform:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, AnomalyTransform):
-        return value.to_dict()
-    if hasattr(value, "to_dict"):
+    if hasattr(value, "to_dict"):  # a child transform
         return value.to_dict()
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
@@ -515,8 +515,10 @@ def from_dict(config: dict[str, Any]) -> AnomalyTransform:
     cls = _REGISTRY[name]
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = set(config) - names - {"type"}
-    if unknown:
-        raise ValueError(f"{name} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}")
+    if unknown:  # sorted as text: YAML keys may be ints too
+        raise ValueError(
+            f"{name} has no parameter(s) {sorted(unknown, key=str)}; it takes {sorted(names)}"
+        )
     required = {
         f.name
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -524,25 +526,30 @@ def from_dict(config: dict[str, Any]) -> AnomalyTransform:
     }
     missing = required - set(config)
     if missing:
-        raise ValueError(f"{name} needs parameter(s) {sorted(missing)}; got {sorted(config)}")
+        raise ValueError(
+            f"{name} needs parameter(s) {sorted(missing)}; got {sorted(config, key=str)}"
+        )
     kwargs = {k: v for k, v in config.items() if k != "type"}
     return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
 
 
 def check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    """Validate a ``(min, max)`` parameter range inside [low, high]."""
+    """Validate a ``(min, max)`` parameter range inside [low, high] (numbers, not strings)."""
     try:
+        if isinstance(value, str | bytes) or any(isinstance(v, str | bytes) for v in value):
+            raise TypeError
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from None
+        raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
     if any(isinstance(v, bool) for v in value) or not (low <= lo <= hi <= high):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
     return lo, hi
 
 
 def check_int_range(name: str, value: Sequence[int], low: int, high: int) -> tuple[int, int]:
-    """A ``(min, max)`` range of integers inside [low, high] (whole floats such as 2.0 too)."""
+    """A ``(min, max)`` range of integers inside [low, high]; a float, even 2.0, is refused
+    like any integer setting's."""
     lo, hi = check_range(name, value, low, high)
-    if lo != int(lo) or hi != int(hi):
+    if not all(isinstance(v, int | np.integer) for v in value):
         raise ValueError(f"{name} must hold integers, got {value!r}")
     return int(lo), int(hi)

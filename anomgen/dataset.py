@@ -40,7 +40,7 @@ class SynthesisDataset(Dataset):
         channels: int | None = None,
         seed: int = 0,
         cache: bool = True,
-    ):
+    ) -> None:
         if isinstance(images, str | Path):
             images = list_images(images)
         self.sources = list(images)

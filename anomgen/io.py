@@ -61,15 +61,19 @@ def list_images(
             raise ValueError(
                 f"image folder entry {str(p)!r} is {_non_file_kind(p)}, not an image file"
             )
-    non_png_stems = {p.stem for p in candidates if p.suffix.lower() != ".png"}
-    files = sorted(
-        p for p in candidates if not (p.suffix.lower() == ".png" and p.stem in non_png_stems)
-    )
+    files = sorted(_without_masks(candidates))
     if not files:
         raise FileNotFoundError(
             f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(directory)!r}"
         )
     return files
+
+
+def _without_masks(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` less each ``.png`` that shares its folder and name with another image: the
+    raw MTD layout keeps every image's mask beside it under the same name."""
+    others = {(p.parent, p.stem) for p in paths if p.suffix.lower() != ".png"}
+    return [p for p in paths if not (p.suffix.lower() == ".png" and (p.parent, p.stem) in others)]
 
 
 def _non_file_kind(path: Path) -> str:
@@ -203,16 +207,19 @@ def check_texture(index: Any, pool: TexturePool | None, name: str = "texture") -
 class TexturePool:
     """Anomaly-source textures (DTD in DRAEM), decoded once and kept in memory.
 
-    ``source`` is a folder (searched recursively, as DTD keeps one folder per class) or
+    ``source`` is a folder (searched recursively, as DTD keeps one folder per class; a
+    ``.png`` beside a same-named image is its mask, as in ``list_images``, and skipped) or
     a list of (C,H,W) float tensors. Textures are stored as uint8 (a quarter of float32:
     DTD's 1,200 textures take about 0.3 GB, their resized copies at 256 px 0.24 GB) and
     turned into floats only when drawn.
     """
 
-    def __init__(self, source: str | Path | Sequence[torch.Tensor]):
+    def __init__(self, source: str | Path | Sequence[torch.Tensor]) -> None:
         if isinstance(source, str | Path):
             root = _folder(source, "texture folder")
-            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(
+                _without_masks([p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES])
+            )
             if not files:
                 raise FileNotFoundError(f"no texture images in {str(root)!r}")
             self.root: str | None = str(root)
@@ -268,7 +275,7 @@ class AnomalyPool:
         self,
         images: str | Path | Sequence[str | Path] | Sequence[torch.Tensor],
         masks: str | Path | Sequence[str | Path] | Sequence[torch.Tensor] | None = None,
-    ):
+    ) -> None:
         self.source: dict[str, Any] | None = None
         if isinstance(images, str | Path):
             self.source = {"images": str(images), "masks": None if masks is None else str(masks)}
@@ -362,6 +369,4 @@ def _find_anomaly_files(images: Path, masks: Path | None) -> list[tuple[Path, Pa
                 + ", ".join(str(c) for c in candidates)
             )
         pairs.append((file, mask))
-    if not pairs:
-        raise FileNotFoundError(f"no anomalous images with masks in {str(images)!r}")
-    return pairs
+    return pairs  # not empty: list_images raises on an empty folder

@@ -275,7 +275,8 @@ def read_folder(
     Anomalies directly in ``anomaly_dir`` take the folder's name as defect type; images in its
     sub-folders take the sub-folder's name. Masks are matched by stem (``<name>.png`` or
     ``<name>_mask.png``) in ``mask_dir`` (or ``mask_dir/<sub-folder>``); without ``mask_dir``
-    anomalies carry no mask, so they can be tested on but not drawn as few-shot examples.
+    anomalies carry no mask, so they can be tested on but not drawn as few-shot examples. An
+    empty sub-folder is an error, not a defect type quietly left out.
     """
     records = [Record(path, None, 0, NORMAL_TYPE) for path in _require_images(Path(normal_dir))]
     if anomaly_dir is None:
@@ -292,7 +293,13 @@ def read_folder(
         groups.append((sub.name, sub, None if mask_dir is None else mask_dir / sub.name))
     anomalies = []
     for defect, folder, masks in groups:
-        for path in _list_images(folder):
+        images = _list_images(folder)
+        if not images and folder is not anomaly_dir:
+            raise FileNotFoundError(
+                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in defect folder {folder}; "
+                "fill it or remove it"
+            )
+        for path in images:
             mask = None if masks is None else _find_mask(path, masks)
             anomalies.append(Record(path, mask, 1, defect))
     if not anomalies:

@@ -28,7 +28,7 @@ CATEGORY = "demo_texture"
 MARKER = ".demo_complete.json"
 MIN_SIZE, MAX_SIZE = 32, 224
 _TEST_MARGIN = 64  # extra rows in the test region so test crops vary
-_MIN_ALPHA = 0.1  # blend weights below this are dropped so the mask equals the changed pixels
+_MIN_ALPHA = 0.1  # blend weights below this are dropped, so no pixel outside a mask changes
 
 
 def _crop(texture: np.ndarray, rows: tuple[int, int], size: int, rng: np.random.Generator):

@@ -2,8 +2,9 @@
 
 One ``TrainConfig`` describes a run. ``run(config, out_dir)`` reads the dataset, draws the
 few-shot split, fits the prototypes, trains on a fixed step schedule (no model selection
-on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md``,
-``manifest.json`` and heatmap overlays; ``config.json`` is written as the run starts.
+on the test set), evaluates once at the end and writes ``metrics.json``, ``summary.md`` and
+heatmap overlays; ``config.json``, ``manifest.json`` and ``recipe.json`` are written as the
+run starts.
 Checkpoints are written atomically and hold everything needed to resume on the CPU as if
 uninterrupted (bit-exact where runs are: with one thread; docs/prn.md, "Reproducibility").
 Under ``torchrun`` the run is data-parallel (DDP; NCCL on GPU, gloo on CPU) with the batch
@@ -118,6 +119,15 @@ _MIX_WEIGHTS = (
 )
 # TrainConfig's paths; run() stores them absolute, older checkpoints may hold them relative.
 FOLDER_FIELDS = ("root", "normal_dir", "anomaly_dir", "mask_dir", "textures")
+# The location fields each dataset reads; a location it would ignore is refused, so that
+# e.g. --root without --dataset mtd cannot quietly train on the demo data.
+LOCATION_FIELDS = ("root", "category", "normal_dir", "anomaly_dir", "mask_dir")
+DATASET_LOCATIONS = {
+    "demo": (),
+    "mvtec": ("root", "category"),
+    "mtd": ("root",),
+    "folder": ("normal_dir", "anomaly_dir", "mask_dir"),
+}
 FILE_FIELDS = ("weights", "recipe")
 PATH_FIELDS = FOLDER_FIELDS + FILE_FIELDS
 # Keys that may differ between an interrupted run and its resumption.
@@ -260,6 +270,17 @@ class TrainConfig:
             raise ValueError("dataset 'folder' needs --normal-dir")
         if self.category is not None and not (isinstance(self.category, str) and self.category):
             raise ValueError(f"category must be a non-empty string, got {self.category!r}")
+        unread = [
+            name
+            for name in LOCATION_FIELDS
+            if getattr(self, name) is not None and name not in DATASET_LOCATIONS[self.dataset]
+        ]
+        if unread:
+            given = ", ".join(f"{name}={getattr(self, name)!r}" for name in unread)
+            raise ValueError(
+                f"dataset {self.dataset!r} does not read {given}; choose the dataset those "
+                f"belong to (e.g. --dataset mtd for an MTD root) or leave them out"
+            )
         for name in FOLDER_FIELDS:
             _check_path(name, getattr(self, name), folder=True)
         for name in FILE_FIELDS:
@@ -385,7 +406,6 @@ def _degree_range(key: str, value: Any) -> list[float]:
 class _Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -398,7 +418,7 @@ def _init_distributed(device: torch.device) -> _Dist:
         return _Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return _Dist(dist.get_rank(), dist.get_world_size())
 
 
 def _is_training_device(name: str) -> bool:
@@ -503,7 +523,9 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
         import yaml
 
         try:
-            recipe = yaml.safe_load(Path(config.recipe).read_text())
+            recipe = yaml.safe_load(Path(config.recipe).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:  # else a codec message naming no file
+            raise ValueError(f"recipe {config.recipe!r} cannot be read as text: {error}") from None
         except yaml.YAMLError as error:  # one line: the fault and where it is
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -511,7 +533,10 @@ def build_transform(config: TrainConfig, split: Split) -> AnomalyTransform:
             raise ValueError(
                 f"recipe {config.recipe!r} is not valid YAML: {reason}{where}"
             ) from None
-        return from_dict(recipe)
+        try:
+            return from_dict(recipe)
+        except ValueError as error:
+            raise ValueError(f"recipe {config.recipe!r}: {error}") from None
     simulated = OneOf([_SIMULATIONS[name](config) for name in config.simulated])
     if not split.few_shot:
         return OneOf([Normal(), simulated], weights=[config.normal_weight, config.simulated_weight])
@@ -695,6 +720,8 @@ def run(
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:  # which one wins would depend on whether a checkpoint exists
+        raise ValueError("resume and overwrite exclude each other")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file")
     resumable = resume and (out / "checkpoint.pt").is_file()

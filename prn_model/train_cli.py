@@ -15,6 +15,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import typing
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -357,6 +358,13 @@ def _config_file(path: Path) -> dict[str, Any]:
     unknown = unknown_fields(values, TrainConfig)
     if unknown:
         raise ValueError(f"--config {str(path)!r} has unknown TrainConfig keys {unknown}")
+    # The values become argparse defaults, which argparse would convert from a string
+    # ("5" -> 5) or reject as if typed on the command line; a string is refused here instead.
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        hint = hints[key]
+        if isinstance(value, str) and hint is not str and str not in typing.get_args(hint):
+            raise ValueError(f"--config {str(path)!r}: {key} must be {hint}, got {value!r}")
     return {**dataclasses.asdict(TrainConfig()), **values, "stop_at_step": None}
 
 

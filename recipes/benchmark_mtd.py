@@ -281,7 +281,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     """
     # Two passes: the dataset picks the default zoo entry, the entry every other default.
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--dataset", choices=sorted(DEFAULT_MODELS), default="mtd")
+    first.add_argument(
+        "--dataset",
+        choices=sorted(DEFAULT_MODELS),
+        help="default: the --model entry's dataset, else mtd",
+    )
     first.add_argument(
         "--model",
         help="zoo entry to start from (default: prn_lite0_mtd_normalised on MTD, "
@@ -292,9 +296,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     from prn_model.train import ENCODER_FROM_STRIDES
     from prn_model.zoo import train_settings
 
-    model = known.model or DEFAULT_MODELS[known.dataset]
+    model = known.model or DEFAULT_MODELS[known.dataset or "mtd"]
     zoo = train_settings(model)
+    if known.dataset is None:
+        # An MVTec AD entry benchmarks on MVTec AD unless --dataset says otherwise.
+        if zoo["dataset"] not in DEFAULT_MODELS:
+            raise ValueError(
+                f"zoo entry {model!r} trains on the {zoo['dataset']!r} dataset; this benchmark "
+                f"runs {' or '.join(sorted(DEFAULT_MODELS))}: add --dataset"
+            )
+        known.dataset = zoo["dataset"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[first])
+    parser.set_defaults(dataset=known.dataset)
     parser.add_argument(
         "--root",
         type=Path,

@@ -143,3 +143,8 @@ def test_replay_rejects_a_texture_it_lacks_and_a_beta_outside_0_1(edit, token):
     params = {**band(image, seed=0).meta["params"], **edit}
     with pytest.raises(ValueError, match=token):
         band.replay(image, params)
+
+
+def test_a_nan_tilt_is_refused_not_an_empty_band():
+    with pytest.raises(ValueError, match="tilt must be a finite number, got nan"):
+        edge_band_mask((16, 16), "top", 0.3, tilt=float("nan"))

@@ -117,6 +117,11 @@ def test_default_is_the_best_mtd_entry_and_options_override_an_entry(tmp_path: P
     assert args.model == "prn_resnet18_mvtec" and settings["backbone"] == "resnet18"
     assert args.report == args.out / "report.md"  # MVTec never replaces the MTD results
     assert settings["dataset"] == "mvtec" and settings["category"] == "bottle"
+    # An MVTec AD entry benchmarks on MVTec AD without --dataset; a demo entry needs it.
+    args, settings = parse_args(["--root", str(tmp_path), "--model", "prn_resnet18_mvtec"])
+    assert args.dataset == settings["dataset"] == "mvtec"
+    with pytest.raises(ValueError, match=r"'prn_lite0' trains on the 'demo' dataset"):
+        parse_args(["--model", "prn_lite0"])
 
 
 def test_only_the_published_benchmark_replaces_docs_results(tmp_path: Path):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from anomgen import (
     Compose,
+    Crack,
     CutPaste,
     CutPasteScar,
     Normal,
@@ -486,7 +487,8 @@ def test_config_and_argument_errors_are_clear():
         from_dict({"type": "SeenAnomalyPaste"})
     with pytest.raises(ValueError, match="p must be a number"):
         RandomApply(Normal(), p="often")
-    assert RandomApply(Normal(), p="0.25").p == 0.25
+    with pytest.raises(ValueError, match="p must be a number, got '0.25'"):
+        RandomApply(Normal(), p="0.25")  # text that looks like a number is not parsed
     with pytest.raises(ValueError, match="n_augmenters must be an integer"):
         PerlinTexturePaste(n_augmenters=2.7)
     assert PerlinTexturePaste(n_augmenters=np.int64(2)).n_augmenters == 2
@@ -588,6 +590,14 @@ def test_one_of_weights_are_finite_numbers(weight):
         (lambda: SomeOf([Normal(), CutPaste()], n=(0.5, 1.9)), r"n must hold integers"),
         (lambda: SomeOf([Normal(), CutPaste()], n=[1, 1, 1]), r"n must be a \(min, max\) pair"),
         (lambda: RandomApply(CutPaste(), p=True), "p must be a finite number .* got True"),
+        # Text that looks like a number is refused, not parsed (or iterated character by
+        # character into a range: "02" used to become (0, 2)).
+        (lambda: RandomApply(CutPaste(), p="0.5"), "p must be a number, got '0.5'"),
+        (lambda: Crack(branches="02"), r"branches must be a \(min, max\) pair of numbers"),
+        (lambda: CutPaste(aspect_ratio="13"), r"aspect_ratio must be a \(min, max\) pair"),
+        (lambda: CutPaste(aspect_ratio=("1", 3)), r"aspect_ratio must be a \(min, max\) pair"),
+        (lambda: PerlinTexturePaste(threshold="0.5"), "threshold must be a number"),
+        (lambda: Crack(thickness=(1.0, 3.0)), "thickness must hold integers"),
     ],
 )
 def test_combinator_settings_are_not_silently_coerced(make, message):
@@ -720,3 +730,9 @@ def test_derive_seed_guarantee_is_as_documented():
 def test_dataset_tensor_sources_are_checked_when_built(source, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SynthesisDataset([source], Normal(), **kwargs)
+
+
+def test_config_keys_of_mixed_types_are_a_value_error():
+    """YAML keys may be ints; naming them must not fail on sorting str against int."""
+    with pytest.raises(ValueError, match=r"Normal has no parameter\(s\) \[1, 'a'\]"):
+        from_dict({"type": "Normal", 1: "x", "a": "y"})

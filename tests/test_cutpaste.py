@@ -297,3 +297,11 @@ def test_replay_names_a_missing_key(cls):
     del params["jitter"]
     with pytest.raises(ValueError, match=f"{cls.__name__} parameters lack \\['jitter'\\]"):
         transform.replay(image, params)
+
+
+@pytest.mark.parametrize("factor", ["brightness", "contrast", "saturation"])
+def test_color_jitter_refuses_a_nan_factor(factor):
+    """NaN passes a ``< 0`` test; it would fill the patch with NaN pixels."""
+    factors = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, factor: math.nan}
+    with pytest.raises(ValueError, match="jitter factors must be finite and >= 0"):
+        color_jitter(random_image(3, 8, 8), **factors, hue=0.0, order=[0, 1, 2, 3])

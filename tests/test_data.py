@@ -177,6 +177,9 @@ def test_read_folder_layouts(tmp_path):
         read_folder(tmp_path / "ok", mask_dir=tmp_path / "masks")
     with pytest.raises(FileNotFoundError, match="missing"):
         read_folder(tmp_path / "missing")
+    (tmp_path / "bad/scuff").mkdir()  # an empty defect type is named, not left out
+    with pytest.raises(FileNotFoundError, match=r"no images .* in defect folder .*scuff"):
+        read_folder(tmp_path / "ok", tmp_path / "bad")
 
 
 def test_record_validation():

@@ -199,3 +199,16 @@ def test_mask_generator_batched_and_binary():
 def test_mask_generator_seeds_are_non_negative_ints(seeds, message):
     with pytest.raises(ValueError, match=message):
         PerlinMaskGenerator()((32, 32), seeds=seeds)
+
+
+@pytest.mark.parametrize(
+    ("lattice", "angles", "message"),
+    [
+        ([(2, 2)], [math.nan], "angles must be finite"),
+        ([(2.5, 2)], [0.0], "lattice cells must be integers"),
+        ([(True, 2)], [0.0], "lattice cells must be integers"),
+    ],
+)
+def test_perlin_noise_refuses_what_would_give_nan_or_truncated_fields(lattice, angles, message):
+    with pytest.raises(ValueError, match=message):
+        perlin_noise((16, 16), lattice, angles, [0])

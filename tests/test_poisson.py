@@ -301,3 +301,21 @@ def test_real_free_tiles_as_sources(shared_data, tmp_path):
         result = transform(target, seed=seed)
         assert result.meta["anomalous"]
         _assert_changed_mask(target, result.image, result.mask)
+
+
+def test_paste_refuses_a_nan_opacity():
+    """A NaN opacity would change a pixel outside the returned mask."""
+    opacity = torch.ones(1, 4, 4)
+    opacity[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"opacities in \[0, 1\]"):
+        paste(random_image(3, 16, 16), random_image(3, 4, 4), opacity, 2, 2)
+
+
+def test_texture_pool_skips_masks_kept_beside_their_images(tmp_path):
+    """MTD's raw layout keeps x.png (the mask) beside x.jpg; a mask is no source image."""
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "t1.jpg")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "t1.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "sub" / "t2.png")
+    pool = TexturePool(tmp_path)
+    assert len(pool) == 2  # t1.jpg and the lone sub/t2.png

@@ -90,8 +90,9 @@ def test_foreground_mask_finds_a_bright_disk_and_its_inverse():
     assert torch.equal(foreground_mask(image), disk)
     assert torch.equal(foreground_mask(image, invert=True), ~disk)
     assert torch.equal(foreground_mask(image[:1], "threshold", 0.5), disk)
-    flat = torch.full((1, 8, 8), 0.5)
-    assert foreground_mask(flat).all() and not foreground_mask(flat, invert=True).any()
+    for level in (0.0, 0.5, 1.0):  # black too: Otsu's own level would mark none of it
+        flat = torch.full((1, 8, 8), level)
+        assert foreground_mask(flat).all() and not foreground_mask(flat, invert=True).any()
 
 
 @pytest.mark.parametrize(
@@ -508,3 +509,23 @@ def test_real_anomaly_image_from_files_round_trips_and_rejects_bad_input(tmp_pat
         )
     with pytest.raises(FileNotFoundError):
         RealAnomalyImage(anomalies=tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("anomaly", 0.7, "anomaly index must be an integer"),
+        ("anomaly", "0", "anomaly index must be an integer"),
+        ("anomaly", True, "anomaly index must be an integer"),
+        ("anomaly", 2, r"anomaly index must be an integer in \[0, 1\], got 2"),
+        ("flip_h", "no", "flip_h must be True or False, got 'no'"),
+        ("flip_v", 1, "flip_v must be True or False, got 1"),
+    ],
+)
+@pytest.mark.parametrize("cls", [SeenAnomalyPaste, RealAnomalyImage])
+def test_replay_checks_the_defect_index_and_flips(pool, cls, key, value, message):
+    """A hand-edited index is not truncated (0.7 -> 0) or parsed, a flip not read as truthy."""
+    transform, image = cls(pool), random_image(3, 40, 40)
+    params = transform(image, seed=0).meta["params"]
+    with pytest.raises(ValueError, match=message):
+        transform.replay(image, {**params, key: value})

@@ -272,7 +272,7 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_the_folder_is_touc
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")  # a finished run --overwrite would replace
-    monkeypatch.setattr(train_module, "_init_distributed", lambda device: _Dist(0, 2, 0))
+    monkeypatch.setattr(train_module, "_init_distributed", lambda device: _Dist(0, 2))
     monkeypatch.setattr(train_module.dist, "destroy_process_group", lambda: None)
     with pytest.raises(ValueError, match="batch_size 3 must be divisible by the 2 processes"):
         run(tiny_train_config(batch_size=3), out, overwrite=True)
@@ -284,7 +284,36 @@ def test_a_recipe_that_is_not_yaml_is_one_clear_error(tmp_path):
     recipe.write_text("type: [1, 2\n")
     with pytest.raises(ValueError, match=r"recipe .*recipe\.yaml' is not valid YAML: .*line 2"):
         run(tiny_train_config(recipe=str(recipe)), tmp_path / "run")
+    recipe.write_bytes(b"\x89PNG\r\n")  # not text: the error names the file
+    with pytest.raises(ValueError, match=r"recipe .*recipe\.yaml' cannot be read as text"):
+        run(tiny_train_config(recipe=str(recipe)), tmp_path / "run")
+    recipe.write_text("p: 0.5\n")  # YAML, but no transform: named too
+    with pytest.raises(ValueError, match=r"recipe .*recipe\.yaml': .*'type' key"):
+        run(tiny_train_config(recipe=str(recipe)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        run(tiny_train_config(), out, resume=True, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+
+
+def test_a_location_the_dataset_does_not_read_is_refused(tmp_path):
+    """--root without --dataset mtd must not quietly train on the demo data."""
+    with pytest.raises(ValueError, match=r"dataset 'demo' does not read root='"):
+        tiny_train_config(root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"dataset 'mtd' does not read category='bottle'"):
+        tiny_train_config(dataset="mtd", root=str(tmp_path), category="bottle")
+    with pytest.raises(ValueError, match=r"dataset 'mvtec' does not read normal_dir="):
+        tiny_train_config(
+            dataset="mvtec", root=str(tmp_path), category="bottle", normal_dir=str(tmp_path)
+        )
+    with pytest.raises(ValueError, match=r"dataset 'demo' does not read root="):
+        parse_args(["--root", str(tmp_path)])
 
 
 def test_resume_with_another_config_fails_clearly(tmp_path):

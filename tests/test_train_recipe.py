@@ -83,6 +83,9 @@ def test_config_option_starts_from_a_runs_config_json_and_options_override_it(
         ValueError, match=r"config\.json' has unknown TrainConfig keys \['colour'\]"
     ):
         parse_args(["--config", str(path)])
+    path.write_text(json.dumps({**saved, "top_k": "5"}))  # argparse would have parsed it
+    with pytest.raises(ValueError, match=r"config\.json': top_k must be <class 'int'>, got '5'"):
+        parse_args(["--config", str(path)])
     path.write_text("{")
     with pytest.raises(ValueError, match="is not valid JSON"):
         parse_args(["--config", str(path)])

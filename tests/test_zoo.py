@@ -12,7 +12,7 @@ import prn_model
 from anomgen import Normal
 from prn_model import zoo
 from prn_model.network import PRN, PRNConfig
-from prn_model.train import TrainConfig, _save_checkpoint, load_checkpoint
+from prn_model.train import DATASET_LOCATIONS, TrainConfig, _save_checkpoint, load_checkpoint
 
 EXPECTED_MODELS = [
     "prn_lite0",
@@ -86,7 +86,9 @@ def test_entries_describe_what_their_training_builds(tmp_path):
     """Training an entry must produce exactly the entry's model (run() sets these fields)."""
     for name in EXPECTED_MODELS:
         entry = zoo.get_entry(name)
-        config = zoo.train_config(name, root=str(tmp_path), category="bottle")
+        locations = {"root": str(tmp_path), "category": "bottle"}
+        read = DATASET_LOCATIONS[zoo.train_settings(name)["dataset"]]
+        config = zoo.train_config(name, **{k: v for k, v in locations.items() if k in read})
         assert config.model_config() == PRNConfig(**entry.model)
         weights = (config.normal_weight, config.seen_weight, config.simulated_weight)
         assert weights == (2.0, 1.0, 1.0)  # the "prn" mix

@@ -57,6 +57,8 @@ def edge_band_mask(
         raise ValueError(f"span must satisfy 0 <= start < end <= 1, got {span!r}")
     if not 0.0 <= float(waviness) <= 1.0:
         raise ValueError(f"waviness must be in [0, 1], got {waviness!r}")
+    if not math.isfinite(float(tilt)):  # NaN would give an empty mask, not an error
+        raise ValueError(f"tilt must be a finite number, got {tilt!r}")
     if isinstance(wave_cells, bool) or not isinstance(wave_cells, int) or wave_cells < 1:
         raise ValueError(f"wave_cells must be a positive integer, got {wave_cells!r}")
     along, across = (width, height) if side in ("top", "bottom") else (height, width)

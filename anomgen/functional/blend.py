@@ -49,7 +49,7 @@ def paste(
     """
     check_image(target, "target")
     _check_patch(patch, patch_mask)
-    if patch_mask.min() < 0 or patch_mask.max() > 1:
+    if not bool(((patch_mask >= 0) & (patch_mask <= 1)).all()):  # NaN fails it too
         raise ValueError("patch mask must hold opacities in [0, 1]")
     height, width = target.shape[-2:]
     patch_h, patch_w = patch.shape[-2:]

@@ -58,12 +58,12 @@ def color_jitter(
     """
     if sorted(int(i) for i in order) != [0, 1, 2, 3]:
         raise ValueError(f"order must be a permutation of 0..3, got {order!r}")
-    if min(brightness, contrast, saturation) < 0:
+    if not all(math.isfinite(v) and v >= 0 for v in (brightness, contrast, saturation)):
         raise ValueError(
-            f"jitter factors must be >= 0, got brightness={brightness}, "
+            f"jitter factors must be finite and >= 0, got brightness={brightness}, "
             f"contrast={contrast}, saturation={saturation}"
         )
-    if not -0.5 <= hue <= 0.5:
+    if not -0.5 <= hue <= 0.5:  # NaN fails it too
         raise ValueError(f"hue must be in [-0.5, 0.5], got {hue!r}")
     rgb = image.shape[-3] == 3
     for index in order:

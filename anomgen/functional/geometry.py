@@ -92,8 +92,11 @@ def foreground_mask(
         if threshold is not None:
             raise ValueError(f"method 'otsu' picks its own threshold; got threshold={threshold!r}")
         grey_u8 = (grey[0] * 255).round().to(torch.uint8).cpu().numpy()
-        level, _ = cv2.threshold(grey_u8, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-        foreground = torch.from_numpy(grey_u8 > level)[None].to(image.device)
+        if grey_u8.min() == grey_u8.max():  # Otsu's level would leave a black image unmarked
+            foreground = torch.ones_like(grey, dtype=torch.bool)
+        else:
+            level, _ = cv2.threshold(grey_u8, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+            foreground = torch.from_numpy(grey_u8 > level)[None].to(image.device)
     elif method == "threshold":
         if threshold is None or not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"method 'threshold' needs a threshold in [0, 1], got {threshold!r}")

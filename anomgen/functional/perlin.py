@@ -97,8 +97,13 @@ def perlin_noise(
     if height < 2 or width < 2:
         raise ValueError(f"noise size must be at least 2x2, got {size}")
     for cells in lattice:
-        if len(cells) != 2 or not all(1 <= int(c) <= MAX_CELLS for c in cells):
-            raise ValueError(f"lattice cells must be 1..{MAX_CELLS} per axis, got {cells}")
+        if len(cells) != 2 or not all(
+            isinstance(c, int | np.integer) and not isinstance(c, bool) and 1 <= c <= MAX_CELLS
+            for c in cells
+        ):
+            raise ValueError(f"lattice cells must be integers 1..{MAX_CELLS} per axis, got {cells}")
+    if not all(math.isfinite(float(angle)) for angle in angles_deg):  # NaN: an all-NaN field
+        raise ValueError(f"angles must be finite, got {list(angles_deg)!r}")
     extent = math.hypot(height, width)  # the canvas side that covers any rotation
     plans = []
     for (cells_y, cells_x), seed in zip(lattice, seeds):

@@ -108,7 +108,8 @@ class CutPasteScar(AnomalyTransform):
     ``width`` and ``length`` are pixel ranges at ``reference_size``; they scale with the
     image's shorter side (never below 1 px) so a scar keeps its relative size on any
     resolution. The angle is drawn from ``rotation`` (degrees) and the rotated strip is
-    placed wholly inside the image. The mask is the strip's footprint where it changed.
+    placed wholly inside the image where it fits (else centred, its ends cut off). The mask
+    is the strip's footprint where it changed.
     """
 
     width: tuple[float, float] = (2, 16)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from anomgen.core import (
     AnomalyTransform,
     check_bool,
+    check_int,
     check_keys,
     check_names,
     check_range,
@@ -261,6 +262,7 @@ class SeenAnomalyPaste(AnomalyTransform):
 
     def check_params(self, params: Any) -> None:
         super().check_params(params)
+        _check_pick(params, len(self._pool))
         distortion = params["distortion"]
         if distortion is not None:
             kind = check_keys("distortion", distortion, ("kind",))["kind"]
@@ -385,11 +387,15 @@ class RealAnomalyImage(AnomalyTransform):
             "flip_v": random_uniform(generator, 0, 1) < self.flip_probability,
         }
 
+    def check_params(self, params: Any) -> None:
+        super().check_params(params)
+        _check_pick(params, len(self._pool))
+
     def apply(
         self, image: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = params["anomaly"]
-        if not 0 <= index < len(self._pool):
+        if not 0 <= index < len(self._pool):  # apply called without check_params
             raise ValueError(f"anomaly index {index} is outside the pool of {len(self._pool)}")
         size = tuple(image.shape[-2:])
         real = match_channels(resize(self._pool.images[index], size), image.shape[0])
@@ -443,6 +449,14 @@ def _around(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
         slice(max(0, top - margin), min(height, bottom + margin)),
         slice(max(0, left - margin), min(width, right + margin)),
     )
+
+
+def _check_pick(params: dict[str, Any], pool_size: int) -> None:
+    """The defect index and flips of hand-edited ``params``: an index into the pool (not a
+    float or a string that ``int`` would truncate or parse), and real bools."""
+    check_int("anomaly index", params["anomaly"], 0, pool_size - 1)
+    check_bool("flip_h", params["flip_h"])
+    check_bool("flip_v", params["flip_v"])
 
 
 def _resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
