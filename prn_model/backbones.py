@@ -58,11 +58,13 @@ _RANGE_TOLERANCE = 1e-2
 
 
 def check_unit_range(images: Tensor, name: str = "images") -> None:
-    """A ValueError naming ``name`` unless its values lie in [0, 1] (NaN fails too)."""
+    """A ValueError naming ``name`` unless its values lie in [0, 1], give or take
+    ``_RANGE_TOLERANCE`` (0.01) for rounding and resampling overshoot (NaN fails too)."""
     low, high = torch.aminmax(images.detach())
     if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):
         raise ValueError(
-            f"{name} must hold finite values in [0, 1] (not 0..255, not normalised), "
+            f"{name} must hold finite values in [0, 1] ± {_RANGE_TOLERANCE} (not 0..255, not "
+            "normalised), "
             f"got values in [{low.item():.4g}, {high.item():.4g}]"
         )
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from anomgen.preview import check_output_folder
 from prn_model.atomic import staged_file
-from prn_model.backbones import _RANGE_TOLERANCE
+from prn_model.backbones import _RANGE_TOLERANCE, check_unit_range
 from prn_model.network import PRN
 
 # The TorchScript-based exporter. Torch 2.5 added the `dynamo` one, which needs the package
@@ -100,7 +100,8 @@ class CheckedInput(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         expected = (self.channels, self.size, self.size)
-        if images.dim() != 4 or images.size(0) == 0 or images.shape[1:] != list(expected):
+        shape = [int(side) for side in images.shape]  # a list in eager mode and TorchScript
+        if images.dim() != 4 or shape[0] == 0 or shape[1:] != list(expected):
             raise ValueError(
                 f"images must be (B >= 1, {self.channels}, {self.size}, {self.size}), "
                 f"got {images.shape}"
@@ -368,6 +369,9 @@ def verify_export(
     if not isinstance(images, Tensor) or tuple(images.shape[1:]) != (channels, size, size):
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be (B, {channels}, {size}, {size}), got {got}")
+    if not images.is_floating_point():  # 0..255 images would clamp to white and still agree
+        raise ValueError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
+    check_unit_range(images, "images")
     images = images.to(device=model.device, dtype=torch.float32)
     with _eval_mode(model), torch.no_grad():
         scores, maps = DeployablePRN(model)(images)

@@ -10,6 +10,7 @@ balancing, and smooth-L1 beta = 1 (PyTorch's default; since probabilities and ma
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,8 +42,12 @@ def binary_focal_loss_with_logits(
 
 
 def _non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < math.inf  # NaN and inf fail too
+    ):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
     return float(value)
 
 

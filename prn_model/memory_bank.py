@@ -77,6 +77,12 @@ def greedy_coreset(
         raise ValueError(f"vectors must be a non-empty (N, C) tensor, got {_describe(vectors)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
+    if (
+        isinstance(projection_dim, bool)
+        or not isinstance(projection_dim, int)
+        or projection_dim < 1
+    ):
+        raise ValueError(f"projection_dim must be a positive int, got {projection_dim!r}")
     n, channels = vectors.shape
     if size >= n:
         return torch.arange(n, device=vectors.device)
@@ -174,11 +180,15 @@ class PatchMemoryBank(nn.Module):
                 values = maps.detach().double().cpu()
                 n_values = torch.tensor(float(values.numel()), dtype=torch.float64)
                 moments[row] += torch.stack([n_values, values.sum(), values.square().sum()])
-        count = moments[0, 0]
-        if count < 2:
-            raise ValueError("calibration needs at least 2 pixels of normal images, got none")
-        mean = moments[:, 1] / moments[:, 0]
-        variance = (moments[:, 2] / moments[:, 0] - mean.square()) * count / (count - 1)
+        count = moments[:, 0]
+        for name, n_pixels in zip(("logits", "distances"), count.tolist()):
+            if n_pixels < 2:  # else 0 / 0: a NaN calibration that turns every map into NaN
+                raise ValueError(
+                    f"calibration needs at least 2 pixels of normal images, got {int(n_pixels)} "
+                    f"{name}"
+                )
+        mean = moments[:, 1] / count
+        variance = (moments[:, 2] / count - mean.square()) * count / (count - 1)
         std = variance.clamp_min(0).sqrt()
         for name, value, centre in zip(("logits", "distances"), std, mean):
             if value <= 1e-7 * max(1.0, abs(float(centre))):
@@ -218,6 +228,11 @@ class PatchMemoryBank(nn.Module):
         """Fused logits: the weighted mean of both standardised maps, in PRN's logit scale."""
         if not self.is_fitted:
             raise RuntimeError("the memory bank is not calibrated: call calibrate() first")
+        if logits.shape != distance.shape:  # broadcasting would fuse the wrong pixels
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and distance {tuple(distance.shape)} must have "
+                "the same shape"
+            )
         logit_mean, logit_std, distance_mean, distance_std = self.calibration
         standard = (1 - self.weight) * (logits - logit_mean) / logit_std + self.weight * (
             distance - distance_mean

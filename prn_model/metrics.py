@@ -56,6 +56,8 @@ AUPRO_FPR_LIMIT = 0.3
 
 def _to_numpy(values: Any, name: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
+        if values.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            values = values.float()
         return values.detach().cpu().numpy()
     try:
         return np.asarray(values)

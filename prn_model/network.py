@@ -60,6 +60,9 @@ def normalise_intensity(images: Tensor) -> Tensor:
     deviation 0.125 over all its channels and pixels (colour ratios are kept), then clipped to
     [0, 1]; flat images are only shifted. Removes exposure and gain differences that are not
     defects."""
+    if not isinstance(images, Tensor) or images.ndim != 4:  # else it broadcasts to 4-D
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {got}")
     flat = images.flatten(1)
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
     std = flat.std(dim=1).clamp_min(_MIN_STD).view(-1, 1, 1, 1)
@@ -102,8 +105,8 @@ class PRNConfig:
     attention_channels: channels of the 1x1 Q/K/V projections in each MSSA patch size.
     fusion_channels: width of the strides 4, 8, 16 after each Multi-scale Fusion.
     decoder_channels: decoder width at strides 32, 16, 8, 4, 2 (stride 1 is the logit).
-    top_k: image score = mean of the k largest anomaly-map values. A mean of a few hundred
-        pixels (0.15 % of a 256x256 map by default) is less noisy than the maximum yet still
+    top_k: image score = mean of the k largest anomaly-map values. A mean of 100 pixels
+        (0.15 % of a 256x256 map by default) is less noisy than the maximum yet still
         responds to small defects, which a whole-image mean would dilute (our choice).
     kmeans_max_iter: cap on Lloyd iterations when fitting the prototypes.
     prototype_matching: "image" (the paper: each map is compared with its nearest whole normal
@@ -299,6 +302,7 @@ class MultiScaleFeatureFusion(nn.Module):
 
 def valid_patch_divisors(map_size: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
     """Divisors d for which a (H, W) map splits into d x d patches of (H/d, W/d) >= 1 px."""
+    divisors = _positive_ints("divisors", divisors)
     height, width = map_size
     return tuple(
         d
@@ -465,6 +469,11 @@ class PRN(nn.Module):
         if not isinstance(config, PRNConfig):
             raise ValueError(f"config must be a PRNConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)
+        if backbone is not None and weights_path is not None:  # they would be ignored
+            raise ValueError(
+                f"weights_path {str(weights_path)!r} is for PRN's own backbone; load the weights "
+                "into the backbone given instead"
+            )
         if backbone is None:
             backbone = create_backbone(
                 config.backbone, pretrained=pretrained, weights_path=weights_path

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -48,9 +49,10 @@ def num_prototypes(n_normal: int, ratio: float = 0.1) -> int:
     """
     if isinstance(n_normal, bool) or not isinstance(n_normal, int) or n_normal < 1:
         raise ValueError(f"n_normal must be a positive int, got {n_normal!r}")
-    if not isinstance(ratio, int | float) or not 0.0 < float(ratio) <= 1.0:
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-    return max(1, math.floor(ratio * n_normal + 0.5))
+    # In decimal, as the ratio is written: 0.7 * 45 is 31.499999999999996 in binary floats.
+    return max(1, math.floor(Fraction(repr(float(ratio))) * n_normal + Fraction(1, 2)))
 
 
 MATCHING_MODES = ("image", "patch")

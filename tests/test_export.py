@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from prn_model.export import (
+    CheckedInput,
     DeployablePRN,
     export_onnx,
     export_torchscript,
@@ -280,3 +282,29 @@ def test_command_line_names_a_file_in_place_of_the_out_folder_before_loading(
         error == f"prn_model.export: error: output folder {str(file)!r} is a file, not a folder\n"
     )
     assert file.read_text() == "keep me"
+
+
+def test_verify_export_refuses_images_that_are_not_unit_floats(
+    model: PRN, exports: dict[str, Path]
+):
+    """0..255 images clamp to white in both models and would 'verify' without comparing."""
+    path = exports["onnx"]
+    shape = (1, read_metadata(path)["channels"], model.config.image_size, model.config.image_size)
+    with pytest.raises(ValueError, match="float tensor in \\[0, 1\\], got dtype torch.uint8"):
+        verify_export(model, path, torch.full(shape, 200, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="images must hold finite values in \\[0, 1\\]"):
+        verify_export(model, path, torch.full(shape, 200.0))
+
+
+class _Pair(nn.Module):
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, images
+
+
+def test_checked_input_works_in_eager_mode_as_scripted():
+    check = CheckedInput(_Pair(), 3, 4)
+    images = torch.rand(1, 3, 4, 4)
+    for module in (check, torch.jit.script(check)):
+        assert torch.equal(module(images)[0], images)
+        with pytest.raises(Exception, match=r"images must be \(B >= 1, 3, 4, 4\)"):
+            module(torch.rand(1, 3, 4, 5))

@@ -135,3 +135,10 @@ def test_bad_inputs_raise_value_error(logits, mask, message):
 def test_bad_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         PRNLoss(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["gamma", "smooth_l1_beta", "focal_weight"])
+def test_infinite_loss_settings_are_refused(name):
+    """inf passes a ``>= 0`` test; it would give a NaN loss or silence a term."""
+    with pytest.raises(ValueError, match=f"{name} must be a finite non-negative number, got inf"):
+        PRNLoss(**{name: math.inf})

@@ -163,8 +163,13 @@ def test_calibrate_rejects_unusable_maps():
         bank.calibrate([(torch.rand(5), torch.full((5,), 20.0))])
     with pytest.raises(ValueError, match="finite"):
         bank.calibrate([(torch.tensor([0.0, float("nan")]), torch.rand(2))])
-    with pytest.raises(ValueError, match="got none"):
+    with pytest.raises(ValueError, match="at least 2 pixels of normal images, got 0 logits"):
         bank.calibrate([])
+    # Logits but no distances: 0 / 0 would be a NaN calibration, every fused map NaN.
+    with pytest.raises(ValueError, match="got 0 distances"):
+        bank.calibrate([(torch.randn(1, 1, 4, 4), torch.empty(0))])
+    with pytest.raises(ValueError, match="got 1 logits"):
+        bank.calibrate([(torch.randn(1), torch.randn(1))])
     with pytest.raises(ValueError, match="pairs"):
         bank.calibrate([torch.rand(5)])
     assert not bank.is_fitted
@@ -229,7 +234,7 @@ def test_fit_memory_bank_needs_a_configured_bank_and_calibration_images():
     with pytest.raises(RuntimeError, match="prototypes are not fitted"):
         banked.fit_memory_bank(_images(2), _images(2))
     banked.fit_prototypes(_images(4), n_images=4)
-    with pytest.raises(ValueError, match="got none"):
+    with pytest.raises(ValueError, match="got 0 logits"):
         banked.fit_memory_bank(_images(2), [])
     assert banked.training  # the mode is restored after an error
 
@@ -240,3 +245,12 @@ def test_fit_memory_bank_needs_a_configured_bank_and_calibration_images():
 def test_config_rejects_bad_memory_bank_settings(overrides):
     with pytest.raises(ValueError, match="memory_bank"):
         dataclasses.replace(PRNConfig(), **overrides)
+
+
+def test_coreset_projection_and_fusion_shapes_are_checked():
+    with pytest.raises(ValueError, match="projection_dim must be a positive int, got 0"):
+        greedy_coreset(torch.randn(50, 200), 5, projection_dim=0)
+    bank = _bank().fill([_patches(1)])
+    bank.calibrate([(torch.randn(2, 1, 8, 8), torch.rand(2, 1, 8, 8))])
+    with pytest.raises(ValueError, match=r"logits \(2, 1, 8, 8\) and distance \(1, 1, 1, 1\)"):
+        bank.fuse(torch.randn(2, 1, 8, 8), torch.rand(1, 1, 1, 1))

@@ -398,3 +398,9 @@ def test_evaluate_realistic_size_runs(capsys: pytest.CaptureFixture[str]) -> Non
         dict.fromkeys(METRIC_NAMES, 1.0)
     )
     assert set(results["per_defect_type"]) == {"a", "b", "c", "d"}
+
+
+def test_bfloat16_scores_are_widened_not_a_type_error():
+    """CUDA runs under bf16 autocast hand such tensors over; numpy has no bfloat16."""
+    scores = torch.tensor([0.1, 0.9, 0.4, 0.8], dtype=torch.bfloat16)
+    assert auroc(scores, [0, 1, 0, 1]) == 1.0

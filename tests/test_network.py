@@ -544,3 +544,17 @@ def test_intensity_normalisation_makes_the_map_blind_to_exposure():
     plain = PRN(_config(), backbone=TinyBackbone())
     plain.load_state_dict(model.state_dict())
     assert not torch.allclose(plain.anomaly_map(images), plain.anomaly_map(brighter), atol=1e-3)
+
+
+def test_helpers_refuse_shapes_and_divisors_they_would_misread():
+    shape = r"\(B, C, H, W\) tensor, got \(3, 8, 8\)"
+    with pytest.raises(ValueError, match=f"images must be a {shape}"):
+        normalise_intensity(torch.rand(3, 8, 8))  # used to broadcast to (3, 3, 8, 8)
+    for divisors in ((-2, 2), (0,)):
+        with pytest.raises(ValueError, match="divisors"):
+            valid_patch_divisors((8, 8), divisors)
+
+
+def test_a_given_backbone_and_a_weights_path_are_refused_together():
+    with pytest.raises(ValueError, match="weights_path '/nonexistent.pth' is for PRN's own"):
+        PRN(_config(), backbone=TinyBackbone(), weights_path="/nonexistent.pth")

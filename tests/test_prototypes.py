@@ -279,3 +279,11 @@ def test_patch_bank_rejects_bad_settings():
         PrototypeBank(SHAPES, matching="patch").fit([], n=0, k=2)
     with pytest.raises(ValueError, match="k >= 1"):
         PrototypeBank(SHAPES, matching="patch").fit(_feature_batches(4, 4), n=4)
+
+
+def test_num_prototypes_rounds_the_ratio_as_written():
+    """0.7 * 45 is 31.499999999999996 in binary; as written it is 31.5, which rounds up."""
+    assert num_prototypes(45, 0.7) == 32 and num_prototypes(90, 0.35) == 32
+    assert num_prototypes(25, 0.1) == 3 and num_prototypes(714, 0.1) == 71
+    with pytest.raises(ValueError, match="ratio must be in"):
+        num_prototypes(10, True)
