@@ -364,7 +364,8 @@ def _config_file(path: Path) -> dict[str, Any]:
     for key, value in values.items():
         hint = hints[key]
         if isinstance(value, str) and hint is not str and str not in typing.get_args(hint):
-            raise ValueError(f"--config {str(path)!r}: {key} must be {hint}, got {value!r}")
+            kind = hint.__name__ if isinstance(hint, type) else str(hint)  # "int", "list[float]"
+            raise ValueError(f"--config {str(path)!r}: {key} must be of type {kind}, got {value!r}")
     return {**dataclasses.asdict(TrainConfig()), **values, "stop_at_step": None}
 
 

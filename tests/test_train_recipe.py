@@ -84,7 +84,7 @@ def test_config_option_starts_from_a_runs_config_json_and_options_override_it(
     ):
         parse_args(["--config", str(path)])
     path.write_text(json.dumps({**saved, "top_k": "5"}))  # argparse would have parsed it
-    with pytest.raises(ValueError, match=r"config\.json': top_k must be <class 'int'>, got '5'"):
+    with pytest.raises(ValueError, match=r"config\.json': top_k must be of type int, got '5'"):
         parse_args(["--config", str(path)])
     path.write_text("{")
     with pytest.raises(ValueError, match="is not valid JSON"):
